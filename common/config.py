@@ -1,0 +1,99 @@
+"""Typed settings with documented defaults.
+
+Every value can come from a CLI flag or a ``ZCOMPUTE_*`` variable (wired in the
+CLIs through click's ``envvar=``). Times are seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.codec import Limits
+from common.errors import ConfigError
+
+ENV_PREFIX = "ZCOMPUTE_"
+DEFAULT_PORT_BASE = 5555
+DEFAULT_DATA_DIR = Path("~/.zcompute").expanduser()
+SOCKET_ROLES = ("registration", "heartbeat", "tasks", "results", "api")
+_ADDRESS = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?/?$")
+
+
+@dataclass(frozen=True)
+class HeadAddress:
+    """Where the head listens: five sockets on ``base .. base+4`` (DESIGN.md section 2)."""
+
+    host: str
+    base: int = DEFAULT_PORT_BASE
+
+    @classmethod
+    def parse(cls, text: str) -> "HeadAddress":
+        """``tcp://HOST[:BASE]``; a bare ``HOST[:BASE]`` is accepted too."""
+        if "://" not in text:
+            text = "tcp://" + text
+        m = _ADDRESS.match(text.strip())
+        if not m:
+            raise ConfigError(f"head address {text!r} is not of the form tcp://HOST[:PORT]")
+        base = int(m["port"]) if m["port"] else DEFAULT_PORT_BASE
+        if not 1 <= base <= 65535 - len(SOCKET_ROLES):
+            raise ConfigError(f"port base {base} leaves no room for the head's {len(SOCKET_ROLES)} ports")
+        return cls(m["host"], base)
+
+    def port(self, role: str) -> int:
+        return self.base + SOCKET_ROLES.index(role)
+
+    def url(self, role: str) -> str:
+        return f"tcp://{self.host}:{self.port(role)}"
+
+    def __str__(self) -> str:
+        return f"tcp://{self.host}:{self.base}"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Liveness and lease timing shared by head and providers."""
+
+    heartbeat_interval: float = 1.0  # provider -> head
+    liveness: int = 3  # missed heartbeats before a provider is suspect (no new work)
+    dead_after: float = 10.0  # seconds of silence before a provider is dead and its leases requeued
+    ack_timeout: float = 2.0  # re-publish an assignment not accepted within this
+    probe_interval: float = 0.25  # re-publish the readiness probe until acknowledged
+    request_timeout: float = 5.0  # REQ Lazy Pirate timeout before reopen and resend
+    request_retries: int = 3
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    data_dir: Path = DEFAULT_DATA_DIR
+    bind_host: str = "0.0.0.0"
+    port_base: int = DEFAULT_PORT_BASE
+    insecure: bool = False
+    timing: Timing = field(default_factory=Timing)
+    limits: Limits = field(default_factory=Limits)
+    max_attempts: int = 3  # a shard failing this often fails its job
+    max_queued_jobs_per_client: int = 100
+    max_shards_per_job: int = 100_000
+    compression: str = "auto"  # raw | zstd | auto
+
+    def bind_url(self, role: str) -> str:
+        return f"tcp://{self.bind_host}:{self.port_base + SOCKET_ROLES.index(role)}"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    head: HeadAddress
+    data_dir: Path = DEFAULT_DATA_DIR / "provider"
+    name: str = ""
+    slots: int = 1  # shards computed at once
+    blas_threads: int = 1  # BLAS threads per slot
+    device: str = "auto"  # auto | cpu | cuda | mps
+    insecure: bool = False
+    timing: Timing = field(default_factory=Timing)
+    limits: Limits = field(default_factory=Limits)
+    compression: str = "auto"
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name, default)

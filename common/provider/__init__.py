@@ -1,0 +1,1 @@
+"""The provider runtime shared by the generic, macOS and Windows providers."""

@@ -1,0 +1,3 @@
+from common.provider.cli import main
+
+main()

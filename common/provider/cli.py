@@ -1,0 +1,80 @@
+"""``provider``: run a compute provider that joins a head node.
+
+The generic command picks the macOS or Windows adapter by platform; the
+adapters' own commands build the same CLI with their default device.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from common import cli_options as opt
+from common.config import DEFAULT_DATA_DIR, HeadAddress, ProviderConfig, Timing
+from common.errors import ConfigError
+from common.lifecycle import watch_parent
+from common.logs import setup_logging
+
+
+def run_provider(config: ProviderConfig) -> None:
+    from common.provider.runtime import Provider
+
+    provider = Provider(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: provider.stop())
+    watch_parent(provider.stop)
+    provider.run()
+
+
+def make_cli(platform_name: str, default_device: str) -> click.Group:
+    @click.group(help=f"zcompute provider ({platform_name}): computes shards for a head node.")
+    def cli() -> None:
+        pass
+
+    @cli.command(epilog="Example: provider start --head tcp://10.0.0.5:5555 --slots 2")
+    @click.option("--head", envvar=opt.env("HEAD"), default="tcp://127.0.0.1:5555", show_default=True,
+                  help="The head node, tcp://HOST[:PORT_BASE].")
+    @click.option("--data-dir", type=click.Path(path_type=Path), envvar=opt.env("PROVIDER_DATA_DIR"),
+                  default=DEFAULT_DATA_DIR / "provider", show_default=True,
+                  help="Where the provider keeps its id (one data dir per provider process).")
+    @click.option("--name", default="", envvar=opt.env("PROVIDER_NAME"), help="Display name (default: host name).")
+    @click.option("--slots", type=click.IntRange(1, 256), default=1, envvar=opt.env("SLOTS"), show_default=True,
+                  help="Shards computed at once.")
+    @click.option("--blas-threads", type=click.IntRange(1, 512), default=1, envvar=opt.env("BLAS_THREADS"),
+                  show_default=True, help="BLAS threads per provider (leave a core for heartbeats).")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=default_device,
+                  envvar=opt.env("DEVICE"), show_default=True, help="Device to compute on.")
+    @opt.heartbeat_interval
+    @opt.insecure
+    @opt.log_level
+    @opt.log_json
+    def start(head, data_dir, name, slots, blas_threads, device, heartbeat_interval, insecure, log_level, log_json):
+        """Join the head node and compute shards until stopped (Ctrl-C or SIGTERM drains first)."""
+        setup_logging(log_level, log_json)
+        try:
+            address = HeadAddress.parse(head)
+        except ConfigError as e:
+            raise click.BadParameter(str(e), param_hint="--head") from None
+        config = ProviderConfig(head=address, data_dir=data_dir.expanduser(), name=name, slots=slots,
+                                blas_threads=blas_threads, device=device, insecure=insecure,
+                                timing=Timing(heartbeat_interval=heartbeat_interval))
+        run_provider(config)
+
+    return cli
+
+
+generic = make_cli("generic", "auto")
+
+
+def main() -> None:
+    """Entry point of ``provider``: the platform's adapter where there is one."""
+    if sys.platform == "darwin":
+        from provider_macos.cli import main as adapter
+    elif sys.platform == "win32":
+        from provider_windows.cli import main as adapter
+    else:
+        adapter = generic
+    adapter()

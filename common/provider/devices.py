@@ -1,0 +1,95 @@
+"""Which devices a provider has, and which one it computes on.
+
+The probe takes the torch module (or None) as an argument so tests can inject
+any mix of CUDA and MPS availability on a Linux machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from common.logs import get_logger
+
+log = get_logger(__name__)
+DEVICE_KINDS = ("cuda", "mps", "cpu")
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # cuda | mps | cpu
+    name: str
+    memory_bytes: int = 0
+    index: int = 0
+
+    @property
+    def torch_name(self) -> str:
+        return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "memory_bytes": self.memory_bytes, "index": self.index}
+
+
+def import_torch():
+    """The torch module, or None when it is not installed (CPU-only providers need no torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def cpu_device() -> Device:
+    name = platform.processor() or platform.machine() or "cpu"
+    return Device("cpu", f"{name} ({os.cpu_count() or 1} cores)", total_memory())
+
+
+def probe_devices(torch: Any) -> list[Device]:
+    """Every device this machine offers, accelerators first; the CPU is always last."""
+    found: list[Device] = []
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                for i in range(torch.cuda.device_count()):
+                    props = torch.cuda.get_device_properties(i)
+                    found.append(Device("cuda", props.name, int(props.total_memory), i))
+        except Exception as e:  # a broken driver must not stop a CPU provider
+            log.warning("device.cuda_probe_failed", error=repr(e))
+        try:
+            mps = getattr(torch.backends, "mps", None)
+            if mps is not None and mps.is_available():
+                found.append(Device("mps", "Apple MPS", total_memory()))
+        except Exception as e:
+            log.warning("device.mps_probe_failed", error=repr(e))
+    found.append(cpu_device())
+    return found
+
+
+def choose_device(preference: str, devices: list[Device], torch_present: bool) -> tuple[Device, str]:
+    """Pick the device to compute on and say why.
+
+    ``preference`` is ``auto`` (best available: CUDA, then MPS, then CPU) or a
+    kind; an unavailable kind falls back to the CPU with the reason.
+    """
+    by_kind = {d.kind: d for d in reversed(devices)}  # first device of each kind wins
+    if preference not in ("auto", *DEVICE_KINDS):
+        raise ValueError(f"device {preference!r} is not one of auto, cuda, mps, cpu")
+    if preference == "auto":
+        for kind in DEVICE_KINDS:
+            if kind in by_kind:
+                reason = "best available" if kind != "cpu" else (
+                    "no torch installed" if not torch_present else "torch sees no CUDA or MPS device")
+                return by_kind[kind], reason
+    if preference in by_kind:
+        return by_kind[preference], "requested"
+    why = "torch is not installed" if not torch_present else f"torch reports no {preference} device"
+    return by_kind["cpu"], f"{preference} requested but {why}; falling back to CPU"

@@ -1,0 +1,259 @@
+"""The provider: registers, takes shards from its SUB topic, computes them, pushes results.
+
+Threads: the main loop owns the SUB and PUSH sockets; ``slots`` worker
+threads compute; the heartbeat thread has its own REQ socket. Workers hand
+results to the main loop through a queue and wake it over inproc.
+"""
+
+from __future__ import annotations
+
+import platform
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import zmq
+
+from common import __version__, protocol
+from common.config import ProviderConfig
+from common.errors import DecodeError, ZComputeError
+from common.logs import get_logger
+from common.protocol import MsgType
+from common.provider.book import TaskBook
+from common.provider.devices import Device, choose_device, import_torch, probe_devices
+from common.provider.heartbeat import HeartbeatThread
+from common.provider.identity import provider_id as load_provider_id
+from common.reqclient import ReqChannel
+from common.sockets import make_socket, recv_frames, send
+from common.tasks import TaskType, load_task_types
+
+log = get_logger("provider")
+RESEND_AFTER_BEATS = 3  # an unacknowledged result is pushed again after this many heartbeat intervals
+DRAIN_SECONDS = 30.0
+
+
+def measure_gflops(seconds: float = 0.05, n: int = 256) -> float:
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a  # warm up BLAS
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def task_key(msg: protocol.Task | protocol.CancelTask) -> str:
+    return f"{msg.task_id}#{msg.attempt}"
+
+
+class Provider:
+    def __init__(self, config: ProviderConfig, task_types: dict[str, TaskType] | None = None,
+                 devices: list[Device] | None = None, torch=...):
+        self.config = config
+        self.id = load_provider_id(config.data_dir)
+        self.name = config.name or f"{platform.node()}-{self.id[:6]}"
+        self.torch = import_torch() if torch is ... else torch
+        self.devices = devices if devices is not None else probe_devices(self.torch)
+        self.device, why = choose_device(config.device, self.devices, self.torch is not None)
+        log.info("device.chosen", provider_id=self.id, device=self.device.torch_name, name=self.device.name, why=why)
+        tasks = task_types if task_types is not None else load_task_types()
+        self.tasks = {n: t for n, t in tasks.items() if self.torch is not None or not t.needs_torch}
+        self.book = TaskBook(config.slots)
+        self.ctx = zmq.Context()
+        self.stop_event = threading.Event()
+        self.registered = threading.Event()
+        self._results: queue.SimpleQueue[protocol.Message] = queue.SimpleQueue()
+        self._wake_url = f"inproc://wake-{self.id}"
+        self._local = threading.local()
+        self._new_epoch = threading.Event()
+        self._executor = ThreadPoolExecutor(config.slots, thread_name_prefix="slot")
+        self.gflops = 0.0
+        self.heartbeat: HeartbeatThread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def run(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.config.blas_threads):
+            self.gflops = measure_gflops()
+            self._open_sockets()
+            try:
+                self._register()
+                self._start_heartbeat()
+                self._loop()
+            finally:
+                self._shutdown()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _open_sockets(self) -> None:
+        head, limits = self.config.head, self.config.limits
+        self.sub = make_socket(self.ctx, zmq.SUB, limits=limits)
+        self.sub.setsockopt(zmq.SUBSCRIBE, self.id.encode())
+        self.sub.connect(head.url("tasks"))
+        self.push = make_socket(self.ctx, zmq.PUSH, limits=limits)
+        self.push.connect(head.url("results"))
+        self.wake = make_socket(self.ctx, zmq.PULL)
+        self.wake.bind(self._wake_url)
+        self.reg = ReqChannel(self.ctx, head.url("registration"), timeout=self.config.timing.request_timeout,
+                              retries=None, limits=limits, stop=self.stop_event)
+
+    def _register(self) -> None:
+        msg = protocol.Register(
+            provider_id=self.id, name=self.name, platform=platform.system().lower(),
+            devices=[d.as_dict() for d in self.devices], memory_bytes=self.devices[-1].memory_bytes,
+            cores=_cores(), slots=self.config.slots, gflops=self.gflops, torch=self.torch is not None,
+            task_types=sorted(self.tasks), version=__version__,
+        )
+        reply = self.reg.request(msg)
+        assert isinstance(reply, protocol.Registered)
+        if self.heartbeat is not None:
+            self.heartbeat.epoch = reply.epoch
+        self.epoch, self.interval = reply.epoch, reply.heartbeat_interval
+        log.info("provider.registered", provider_id=self.id, name=self.name, epoch=reply.epoch,
+                 head=str(self.config.head), gflops=round(self.gflops, 1))
+        self.registered.set()
+
+    def _start_heartbeat(self) -> None:
+        t = self.config.timing
+        self.heartbeat = HeartbeatThread(
+            self.ctx, self.config.head.url("heartbeat"), self.id, self.book,
+            interval=self.interval, timeout=max(t.request_timeout, self.interval), on_unknown=self._on_unknown,
+            on_cancel=self.book.cancel, stop=self.stop_event, limits=self.config.limits)
+        self.heartbeat.epoch = self.epoch
+        self.heartbeat.start()
+
+    def _on_unknown(self, epoch: str) -> None:
+        self._new_epoch.set()
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.wake, zmq.POLLIN)
+        handlers = {MsgType.TASK: self._on_task, MsgType.CANCEL_TASK: self._on_cancel, MsgType.PROBE: self._on_probe}
+        resend_after = RESEND_AFTER_BEATS * self.interval
+        next_resend = time.monotonic() + resend_after
+        while not self.stop_event.is_set():
+            ready = dict(poller.poll(100))
+            if self.sub in ready:
+                self._drain_sub(handlers)
+            if self.wake in ready:
+                while self.wake.poll(0):
+                    self.wake.recv()
+            self._flush_results()
+            if self._new_epoch.is_set():
+                self._new_epoch.clear()
+                self.registered.clear()
+                self._register()
+                self._resend(self.book.due(0.0))
+            if time.monotonic() >= next_resend:
+                self._resend(self.book.due(resend_after))
+                next_resend = time.monotonic() + resend_after
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while self.book.busy and time.monotonic() < deadline and self.registered.is_set():
+            time.sleep(0.05)  # graceful drain: let running shards finish and report
+            self._flush_results()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.registered.is_set():
+            try:
+                self.reg.request(protocol.Deregister(provider_id=self.id, reason="shutdown"), retries=0, timeout=1.0)
+            except ZComputeError:
+                pass
+        self.stop_event.set()
+        if self.heartbeat is not None:
+            self.heartbeat.join(timeout=5)
+        self.reg.close()
+        self.ctx.destroy(linger=0)  # also closes the workers' wake sockets
+        log.info("provider.stopped", provider_id=self.id)
+
+    # -- messages ----------------------------------------------------------------
+
+    def _drain_sub(self, handlers) -> None:
+        while self.sub.poll(0):
+            try:
+                msg = protocol.decode(recv_frames(self.sub), topic=True, limits=self.config.limits)
+            except DecodeError as e:
+                log.warning("message.rejected", provider_id=self.id, error=str(e))
+                continue
+            handler = handlers.get(msg.type)
+            if handler is None:
+                log.warning("message.unexpected", provider_id=self.id, type=msg.type.value)
+                continue
+            handler(msg)
+
+    def _on_probe(self, msg: protocol.Probe) -> None:
+        self._send(protocol.ProbeAck(provider_id=self.id, probe_id=msg.probe_id))
+
+    def _on_cancel(self, msg: protocol.CancelTask) -> None:
+        self.book.cancel(task_key(msg))
+        log.info("task.cancelled", provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt)
+
+    def _on_task(self, msg: protocol.Task) -> None:
+        key = task_key(msg)
+        accepted = protocol.Accepted(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt)
+        if msg.task_type not in self.tasks:
+            self._send(protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
+                                        error=f"task type {msg.task_type!r} is not supported here", retryable=False))
+            return
+        if not self.book.start(key):
+            self._send(accepted)  # a re-published copy: our first acceptance was lost
+            return
+        self._send(accepted)
+        log.debug("task.accepted", provider_id=self.id, job_id=msg.job_id, task_id=msg.task_id, attempt=msg.attempt)
+        self._executor.submit(self._compute, msg, key)
+
+    def _compute(self, msg: protocol.Task, key: str) -> None:
+        """Runs on a worker thread."""
+        if self.book.is_cancelled(key):
+            self.book.finish(key, protocol.Ok())  # dropped: cancelled while it waited
+            return
+        start = time.perf_counter()
+        try:
+            out = self.tasks[msg.task_type].compute(msg.params, msg.arrays, self.device.torch_name)
+            reply: protocol.Message = protocol.Result(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
+                                                      elapsed=time.perf_counter() - start, arrays=out)
+        except Exception as e:  # the shard's failure is reported, the provider carries on
+            log.warning("task.failed", provider_id=self.id, job_id=msg.job_id, task_id=msg.task_id, error=repr(e))
+            reply = protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
+                                     error=f"{type(e).__name__}: {e}")
+        if self.book.finish(key, reply):
+            self._results.put(reply)
+            self._wake_main()
+
+    def _wake_main(self) -> None:
+        sock = getattr(self._local, "wake", None)
+        if sock is None:
+            sock = self._local.wake = make_socket(self.ctx, zmq.PUSH)
+            sock.connect(self._wake_url)
+        sock.send(b"", zmq.NOBLOCK)
+
+    def _flush_results(self) -> None:
+        while True:
+            try:
+                msg = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._send(msg)
+
+    def _resend(self, msgs: list[protocol.Message]) -> None:
+        for msg in msgs:
+            log.info("result.resent", provider_id=self.id, task_id=getattr(msg, "task_id", None))
+            self._send(msg)
+
+    def _send(self, msg: protocol.Message) -> None:
+        try:
+            send(self.push, msg, compression=self.config.compression, flags=zmq.NOBLOCK)
+        except ZComputeError as e:  # the outbox pushes results again until the head acknowledges them
+            log.warning("result.send_failed", provider_id=self.id, error=str(e))
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1

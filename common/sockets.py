@@ -1,0 +1,94 @@
+"""The one place zcompute makes ZeroMQ sockets.
+
+Every socket gets LINGER, high-water marks, MAXMSGSIZE, TCP keepalive and
+reconnect backoff here; CURVE keys are applied here too once given. Send and
+receive helpers translate ZeroMQ errors into ``TransportError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from common import protocol
+from common.codec import DEFAULT_LIMITS, Limits
+from common.errors import TransportError
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """Our key pair, plus the server's public key when we are the client side."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes | None = None
+
+
+def make_socket(
+    ctx: zmq.Context,
+    kind: int,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    curve: CurveKeys | None = None,
+    server: bool = False,
+    hwm: int = 10_000,
+    linger_ms: int = 0,
+    identity: bytes | None = None,
+) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5_000)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    if kind == zmq.ROUTER:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    if curve is not None:
+        sock.curve_publickey = curve.public
+        sock.curve_secretkey = curve.secret
+        if server:
+            sock.curve_server = True
+        else:
+            if curve.server_public is None:
+                raise ValueError("a CURVE client socket needs the server's public key")
+            sock.curve_serverkey = curve.server_public
+    return sock
+
+
+def send(sock: zmq.Socket, msg: protocol.Message, *, envelope: list[bytes] | None = None,
+         topic: str | None = None, compression: str = "auto", flags: int = 0) -> None:
+    frames = protocol.encode(msg, topic=topic, compression=compression)
+    if envelope:
+        frames = [*envelope, *frames]
+    try:
+        sock.send_multipart(frames, flags=flags, copy=False)
+    except zmq.Again as e:
+        raise TransportError(f"send of {msg.type.value} would block (peer gone or high-water mark)") from e
+    except zmq.ZMQError as e:
+        raise TransportError(f"send of {msg.type.value} failed: {e}") from e
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[Any]:
+    try:
+        return sock.recv_multipart(flags=flags, copy=False)
+    except zmq.Again as e:
+        raise TransportError("nothing to receive") from e
+    except zmq.ZMQError as e:
+        raise TransportError(f"receive failed: {e}") from e
+
+
+def split_envelope(frames: list[Any]) -> tuple[list[bytes], list[Any]]:
+    """Split a ROUTER message into its routing envelope (up to the empty delimiter) and body."""
+    for i, f in enumerate(frames):
+        if len(f.buffer if hasattr(f, "buffer") else f) == 0:
+            return [bytes(getattr(x, "bytes", x)) for x in frames[: i + 1]], frames[i + 1:]
+    # a DEALER peer without delimiter: the first frame is the identity
+    return [bytes(getattr(frames[0], "bytes", frames[0]))], frames[1:]

@@ -1,0 +1,72 @@
+"""The interface every task type implements (built-in or plugin).
+
+The head calls ``validate`` on submit, then ``plan`` for the first round of
+shards, ``inputs`` when it dispatches a shard, ``merge`` for each winning
+shard result and ``next_round`` when a round is complete; providers call
+``compute``. Keep per-job state in ``job.state`` (plain msgpack-able values)
+so a restarted head can resume a multi-round job.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+
+@dataclass
+class Shard:
+    """One unit of work: its position in the job and the parameters its compute needs."""
+
+    index: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class JobView(Protocol):
+    """What a task type sees of a job on the head."""
+
+    job_id: str
+    params: dict[str, Any]
+    state: dict[str, Any]
+    ready_slots: int  # slots of ready providers that support this type, at planning time
+
+    def input(self, name: str) -> np.ndarray: ...
+    def input_names(self) -> list[str]: ...
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
+    def output(self, name: str) -> np.ndarray: ...
+
+
+class TaskType(abc.ABC):
+    """Base class: override what the type needs. Instances hold no per-job state."""
+
+    name: ClassVar[str] = ""
+    needs_torch: ClassVar[bool] = False
+
+    def validate(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Check a request and return normalized params; raise ``ValidationError`` with a clear message."""
+        return dict(params)
+
+    @abc.abstractmethod
+    def plan(self, job: JobView) -> list[Shard]:
+        """Shards of the first round; allocate outputs here with ``job.allocate``."""
+
+    def inputs(self, job: JobView, shard: Shard) -> dict[str, np.ndarray]:
+        """Arrays sent with ``shard`` (views into the job's inputs where possible)."""
+        return {}
+
+    @abc.abstractmethod
+    def compute(self, params: dict[str, Any], arrays: dict[str, np.ndarray], device: str) -> dict[str, np.ndarray]:
+        """Run one shard on a provider; ``device`` is ``cpu``, ``cuda:N`` or ``mps``."""
+
+    def merge(self, job: JobView, shard: Shard, result: dict[str, np.ndarray]) -> None:
+        """Fold one shard's result into the job's outputs (called once per shard)."""
+
+    def next_round(self, job: JobView) -> list[Shard]:
+        """Shards of the next round, or none when the job is complete."""
+        return []
+
+    def outputs(self, job: JobView) -> dict[str, np.ndarray]:
+        """The job's final arrays."""
+        return {}

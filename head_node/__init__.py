@@ -1,0 +1,1 @@
+"""The zcompute head node: accepts jobs, shards them, leases shards to providers, assembles results."""

@@ -1,0 +1,3 @@
+from head_node.cli import main
+
+main()

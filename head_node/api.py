@@ -1,0 +1,115 @@
+"""The client API: submit, status, fetch, cancel, list jobs and providers."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from common import protocol
+from common.errors import QueueFullError, UnknownJobError, ValidationError
+from common.protocol import MsgType
+from head_node.events import JobAdded, JobCancelled
+from head_node.jobs import Job
+from head_node.store import JobFiles
+
+if TYPE_CHECKING:
+    from head_node.server import HeadNode
+
+_REMEMBERED_REPLIES = 4096
+ANONYMOUS = "anonymous"
+
+
+class ClientApi:
+    def __init__(self, head: "HeadNode"):
+        self.head = head
+        self.log = head.log
+        self._replies: OrderedDict[str, protocol.Message] = OrderedDict()
+        self.handlers = {
+            MsgType.SUBMIT: self._idempotent(self._on_submit),
+            MsgType.STATUS: self._on_status,
+            MsgType.FETCH: self._on_fetch,
+            MsgType.CANCEL_JOB: self._on_cancel,
+            MsgType.LIST_JOBS: self._on_list_jobs,
+            MsgType.LIST_PROVIDERS: self._on_list_providers,
+        }
+
+    def _idempotent(self, handler):
+        """A resent request (same id, Lazy Pirate) gets the first answer, and runs once."""
+        def wrapper(msg: protocol.Message) -> protocol.Message:
+            if msg.id in self._replies:
+                return self._replies[msg.id]
+            reply = handler(msg)
+            self._replies[msg.id] = reply
+            while len(self._replies) > _REMEMBERED_REPLIES:
+                self._replies.popitem(last=False)
+            return reply
+        return wrapper
+
+    def _job(self, job_id: str) -> Job:
+        job = self.head.jobs.get(job_id)
+        if job is None:
+            raise UnknownJobError(f"no job {job_id!r}")
+        return job
+
+    # -- handlers ----------------------------------------------------------------
+
+    def _on_submit(self, msg: protocol.Submit) -> protocol.Message:
+        head = self.head
+        task = head.tasks.get(msg.task_type)
+        if task is None:
+            raise ValidationError(f"unknown task type {msg.task_type!r}; this head knows {sorted(head.tasks)}")
+        providers = [p for p in head.providers.registry.values() if p.state == "ready"]
+        if providers and not any(msg.task_type in p.task_types for p in providers):
+            raise ValidationError(f"no ready provider supports task type {msg.task_type!r}")
+        owner = ANONYMOUS
+        waiting = sum(1 for j in head.jobs.values() if j.owner == owner and not j.finished)
+        if waiting >= head.config.max_queued_jobs_per_client:
+            raise QueueFullError(f"queue full: {waiting} unfinished jobs (limit "
+                                 f"{head.config.max_queued_jobs_per_client}); wait for some to finish")
+        params = task.validate(msg.params, msg.arrays)
+        job_id = protocol.new_id()[:12]
+        files = JobFiles(head.config.data_dir / "jobs" / job_id)
+        job = Job(job_id=job_id, owner=owner, task_type=msg.task_type, task=task, params=params,
+                  files=files, priority=msg.priority)
+        try:
+            files.save_inputs(msg.arrays)
+            job.ready_slots = head.sched.ready_slots(msg.task_type)
+            shards = task.plan(job)
+            if not shards:
+                raise ValidationError("the request plans no shards")
+            if len(shards) > head.config.max_shards_per_job:
+                raise ValidationError(f"{len(shards)} shards exceeds the limit of {head.config.max_shards_per_job}")
+        except Exception:
+            files.delete()
+            raise
+        indices = job.add_shards(shards)
+        head.jobs[job_id] = job
+        head.counters["jobs_submitted"] += 1
+        self.log.info("job.submitted", job_id=job_id, task_type=msg.task_type, shards=len(shards), owner=owner)
+        head.apply(head.sched.handle(JobAdded(time.monotonic(), job_id, msg.task_type, tuple(indices),
+                                              priority=msg.priority)))
+        return protocol.Submitted(job_id=job_id)
+
+    def _on_status(self, msg: protocol.Status) -> protocol.Message:
+        return protocol.JobStatus(job=self._job(msg.job_id).summary())
+
+    def _on_fetch(self, msg: protocol.Fetch) -> protocol.Message:
+        job = self._job(msg.job_id)
+        arrays = job.task.outputs(job) if job.status == "succeeded" else {}
+        reply = protocol.JobResult(job=job.summary(), meta=dict(job.state), arrays=arrays)
+        return reply
+
+    def _on_cancel(self, msg: protocol.CancelJob) -> protocol.Message:
+        job = self._job(msg.job_id)
+        if not job.finished:
+            self.head.apply(self.head.sched.handle(JobCancelled(time.monotonic(), job.job_id)))
+            self.head._finish(job, "cancelled")
+        return protocol.JobStatus(job=job.summary())
+
+    def _on_list_jobs(self, msg: protocol.ListJobs) -> protocol.Message:
+        jobs = [j.summary() for j in self.head.jobs.values() if msg.state in (None, j.status)]
+        return protocol.JobList(jobs=jobs)
+
+    def _on_list_providers(self, msg: protocol.ListProviders) -> protocol.Message:
+        return protocol.ProviderList(providers=self.head.providers.summaries())

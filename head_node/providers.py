@@ -1,0 +1,153 @@
+"""The provider side of the head: registration, heartbeats, readiness probes and results."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from common import protocol
+from common.errors import RequestError
+from common.protocol import MsgType
+from head_node.events import (
+    ProviderLeft, ProviderReady, ProviderSeen, TaskAccepted, TaskFailed, TaskSucceeded,
+    parse_key, parse_task_id,
+)
+from head_node.registry import ProviderInfo, check_register
+
+if TYPE_CHECKING:
+    from head_node.jobs import Job
+    from head_node.server import HeadNode
+
+
+class ProviderChannel:
+    def __init__(self, head: "HeadNode"):
+        self.head = head
+        self.log = head.log
+        self.registry: dict[str, ProviderInfo] = {}
+        self.registration_handlers = {
+            MsgType.REGISTER: self._on_register,
+            MsgType.DEREGISTER: self._on_deregister,
+        }
+        self.heartbeat_handlers = {MsgType.HEARTBEAT: self._on_heartbeat}
+        self.result_handlers = {
+            MsgType.PROBE_ACK: self._on_probe_ack,
+            MsgType.ACCEPTED: self._on_accepted,
+            MsgType.PROGRESS: self._on_progress,
+            MsgType.RESULT: self._on_result,
+            MsgType.FAILURE: self._on_failure,
+        }
+
+    # -- registration ----------------------------------------------------------
+
+    def _on_register(self, msg: protocol.Register) -> protocol.Message:
+        reason = check_register(msg)
+        if reason:
+            raise RequestError(f"registration refused: {reason}", "invalid")
+        info = ProviderInfo.from_register(msg)
+        info.probe_id = protocol.new_id()
+        self.registry[msg.provider_id] = info
+        self.log.info("provider.registered", provider_id=msg.provider_id, name=info.name, platform=msg.platform,
+                      slots=msg.slots, devices=[d.get("kind") for d in msg.devices], gflops=round(msg.gflops, 1))
+        # ready only once a probe on its topic comes back: its subscription is live
+        return protocol.Registered(provider_id=msg.provider_id, epoch=self.head.epoch,
+                                   heartbeat_interval=self.head.config.timing.heartbeat_interval)
+
+    def _on_deregister(self, msg: protocol.Deregister) -> protocol.Message:
+        info = self.registry.get(msg.provider_id)
+        if info is not None:
+            info.state = "left"
+            self.head.apply(self.head.sched.handle(ProviderLeft(time.monotonic(), msg.provider_id)))
+            self.log.info("provider.left", provider_id=msg.provider_id, reason=msg.reason)
+        return protocol.Ok()
+
+    def send_probes(self) -> None:
+        now = time.monotonic()
+        for info in self.registry.values():
+            if info.state == "joining" and now >= info.probe_next:
+                info.probe_next = now + self.head.config.timing.probe_interval
+                self.head.publish(info.provider_id, protocol.Probe(probe_id=info.probe_id))
+
+    def _on_probe_ack(self, msg: protocol.ProbeAck) -> None:
+        info = self.registry.get(msg.provider_id)
+        if info is None or info.state != "joining" or msg.probe_id != info.probe_id:
+            return
+        info.state, info.last_seen = "ready", time.time()
+        self.log.info("provider.ready", provider_id=info.provider_id, name=info.name)
+        self.head.apply(self.head.sched.handle(
+            ProviderReady(time.monotonic(), info.provider_id, info.slots, tuple(info.task_types))))
+
+    def mark_dead(self, provider_id: str) -> None:
+        info = self.registry.get(provider_id)
+        if info is not None:
+            info.state = "dead"
+            self.head.counters["providers_dead"] += 1
+            self.log.warning("provider.dead", provider_id=provider_id, name=info.name,
+                             silent_for=round(time.time() - info.last_seen, 2))
+
+    # -- heartbeats ------------------------------------------------------------
+
+    def _on_heartbeat(self, msg: protocol.Heartbeat) -> protocol.Message:
+        info = self.registry.get(msg.provider_id)
+        if info is None or msg.epoch != self.head.epoch or info.state in ("dead", "left"):
+            return protocol.HeartbeatReply(epoch=self.head.epoch, known=False)
+        info.last_seen, info.free_slots, info.load, info.memory_used = (
+            time.time(), msg.free_slots, msg.load, msg.memory_used)
+        sched = self.head.sched
+        if info.state == "ready":
+            self.head.apply(sched.handle(ProviderSeen(time.monotonic(), msg.provider_id, frozenset(msg.running))))
+        held = sched.running(msg.provider_id)
+        cancel = [k for k in msg.running if k not in held]
+        acked = [k for k in msg.outbox if self._settled(k)]
+        return protocol.HeartbeatReply(epoch=self.head.epoch, known=True, acked=acked, cancel=cancel)
+
+    def _settled(self, key: str) -> bool:
+        try:
+            job_id, index, attempt = parse_key(key)
+        except ValueError:
+            return True  # nothing we could ever use: let the provider drop it
+        return self.head.sched.settled(job_id, index, attempt)
+
+    # -- results ---------------------------------------------------------------
+
+    def _task_event(self, cls, msg, **extra):
+        info = self.registry.get(msg.provider_id)
+        if info is None:
+            raise RequestError(f"{msg.type.value} from unknown provider {msg.provider_id!r}")
+        try:
+            job_id, index = parse_task_id(msg.task_id)
+        except ValueError:
+            raise RequestError(f"{msg.type.value}: malformed task id {msg.task_id!r}") from None
+        return cls(time.monotonic(), job_id, index, msg.attempt, msg.provider_id, **extra)
+
+    def _on_accepted(self, msg: protocol.Accepted) -> None:
+        self.head.apply(self.head.sched.handle(self._task_event(TaskAccepted, msg)))
+
+    def _on_progress(self, msg: protocol.Progress) -> None:
+        self._task_event(TaskAccepted, msg)  # validates only; progress is informational
+
+    def _on_result(self, msg: protocol.Result) -> None:
+        event = self._task_event(TaskSucceeded, msg)
+        if not self.head.sched.lease_holder(event.job_id, event.index, event.attempt, event.provider_id):
+            self.head.counters["results_fenced"] += 1
+            self.log.info("task.result_dropped", job_id=event.job_id, task_id=msg.task_id,
+                          attempt=msg.attempt, provider_id=msg.provider_id, reason="not the lease holder")
+            return
+        self.log.debug("task.result", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
+                       provider_id=msg.provider_id, elapsed=round(msg.elapsed, 4))
+        self.head.apply(self.head.sched.handle(event), result=msg)
+
+    def _on_failure(self, msg: protocol.Failure) -> None:
+        event = self._task_event(TaskFailed, msg, error=msg.error)
+        self.head.counters["task_failures"] += 1
+        self.log.warning("task.failed", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
+                         provider_id=msg.provider_id, error=msg.error)
+        self.head.apply(self.head.sched.handle(event))
+
+    def count_done(self, provider_id: str, job: "Job") -> None:
+        info = self.registry.get(provider_id)
+        if info is not None:
+            info.shards_done += 1
+            job.by_provider[info.name] += 1
+
+    def summaries(self) -> list[dict]:
+        return [p.summary() for p in self.registry.values() if p.state not in ("dead", "left")]

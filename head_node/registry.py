@@ -1,0 +1,64 @@
+"""What the head knows about each provider: capabilities from ``register``, load from heartbeats."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.protocol import Register
+
+
+@dataclass
+class ProviderInfo:
+    provider_id: str
+    name: str
+    platform: str
+    devices: list[dict]
+    memory_bytes: int
+    cores: int
+    slots: int
+    gflops: float
+    torch: bool
+    task_types: list[str]
+    version: str
+    state: str = "joining"  # joining -> ready -> suspect -> dead | left
+    registered_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    free_slots: int = 0
+    load: float = 0.0
+    memory_used: int = 0
+    shards_done: int = 0
+    probe_id: str = ""
+    probe_next: float = 0.0
+
+    @classmethod
+    def from_register(cls, msg: Register) -> "ProviderInfo":
+        return cls(
+            provider_id=msg.provider_id, name=msg.name or msg.provider_id[:8], platform=msg.platform,
+            devices=msg.devices, memory_bytes=msg.memory_bytes, cores=msg.cores, slots=msg.slots,
+            gflops=msg.gflops, torch=msg.torch, task_types=list(msg.task_types), version=msg.version,
+            free_slots=msg.slots,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "provider_id": self.provider_id, "name": self.name, "platform": self.platform,
+            "devices": self.devices, "device": ", ".join(d.get("name", d.get("kind", "?")) for d in self.devices),
+            "memory_bytes": self.memory_bytes, "cores": self.cores, "slots": self.slots,
+            "free_slots": self.free_slots, "gflops": self.gflops, "torch": self.torch,
+            "task_types": self.task_types, "version": self.version, "state": self.state,
+            "load": self.load, "memory_used": self.memory_used, "shards_done": self.shards_done,
+            "last_seen": self.last_seen, "registered_at": self.registered_at,
+        }
+
+
+def check_register(msg: Register) -> str | None:
+    """A reason to refuse a registration, or None."""
+    if not msg.provider_id or len(msg.provider_id) > 64:
+        return "provider_id must be 1 to 64 characters"
+    if not 1 <= msg.slots <= 256:
+        return "slots must be from 1 to 256"
+    if not msg.task_types:
+        return "a provider must support at least one task type"
+    return None

@@ -1,0 +1,331 @@
+"""Pure scheduling: events in, actions out. No sockets, no clocks, no arrays.
+
+The server feeds every stimulus (a provider became ready, a heartbeat, a
+result, a tick of the clock...) to ``Scheduler.handle`` and applies the
+actions it returns. Shards are leased as ``(task, attempt, provider,
+deadline)``; a result counts only from the current lease holder of the
+current attempt (fencing), so shards run at least once and merge exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from head_node.events import (
+    Action, Assign, Cancel, Event, JobAdded, JobCancelled, JobFailed, JobRoundDone,
+    Merge, ProviderDead, ProviderLeft, ProviderReady, ProviderSeen, Republish,
+    SchedulerConfig, ShardsAdded, TaskAccepted, TaskFailed, TaskSucceeded, Tick, key_of,
+)
+
+__all__ = ["Scheduler", "SchedulerConfig"]
+
+
+@dataclass
+class _Provider:
+    provider_id: str
+    slots: int
+    task_types: frozenset[str]
+    last_seen: float
+    state: str = "ready"  # ready | suspect
+    leases: set[tuple[str, int]] = field(default_factory=set)  # (job_id, index)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.leases) if self.state == "ready" else 0
+
+
+@dataclass
+class _Lease:
+    provider_id: str
+    attempt: int
+    started: float
+    ack_deadline: float
+    accepted: bool = False
+
+
+@dataclass
+class _Shard:
+    index: int
+    attempt: int = 0
+    done: bool = False
+    failures: int = 0
+    leases: dict[str, _Lease] = field(default_factory=dict)  # provider_id -> lease (2 while speculating)
+    excluded: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Job:
+    job_id: str
+    task_type: str
+    priority: int
+    seq: int
+    shards: dict[int, _Shard] = field(default_factory=dict)
+    pending: deque[int] = field(default_factory=deque)
+    durations: list[float] = field(default_factory=list)
+    done: int = 0
+    speculated: set[int] = field(default_factory=set)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (-self.priority, self.seq)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig | None = None):
+        self.config = config or SchedulerConfig()
+        self.providers: dict[str, _Provider] = {}
+        self.jobs: dict[str, _Job] = {}
+        self._seq = 0
+        self._handlers = {
+            ProviderReady: self._on_provider_ready,
+            ProviderSeen: self._on_provider_seen,
+            ProviderLeft: self._on_provider_left,
+            JobAdded: self._on_job_added,
+            ShardsAdded: self._on_shards_added,
+            JobCancelled: self._on_job_cancelled,
+            TaskAccepted: self._on_task_accepted,
+            TaskSucceeded: self._on_task_succeeded,
+            TaskFailed: self._on_task_failed,
+            Tick: self._on_tick,
+        }
+
+    # -- entry point ---------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Action]:
+        actions = self._handlers[type(event)](event)
+        actions.extend(self._assign(event.now))
+        return actions
+
+    # -- queries the server uses ---------------------------------------------
+
+    def lease_holder(self, job_id: str, index: int, attempt: int, provider_id: str) -> bool:
+        shard = self._shard(job_id, index)
+        lease = shard.leases.get(provider_id) if shard else None
+        return lease is not None and lease.attempt == attempt and not shard.done
+
+    def settled(self, job_id: str, index: int, attempt: int) -> bool:
+        """True when a result for this attempt needs no re-sending (merged, stale, or job gone)."""
+        shard = self._shard(job_id, index)
+        if shard is None or shard.done:
+            return True
+        return not any(lease.attempt == attempt for lease in shard.leases.values())
+
+    def running(self, provider_id: str) -> set[str]:
+        """Task keys leased to a provider."""
+        p = self.providers.get(provider_id)
+        if p is None:
+            return set()
+        return {key_of(j, i, self.jobs[j].shards[i].leases[provider_id].attempt) for j, i in p.leases}
+
+    def job_progress(self, job_id: str) -> tuple[int, int]:
+        job = self.jobs.get(job_id)
+        return (job.done, len(job.shards)) if job else (0, 0)
+
+    def ready_slots(self, task_type: str) -> int:
+        return sum(p.slots for p in self.providers.values()
+                   if p.state == "ready" and task_type in p.task_types)
+
+    # -- providers -----------------------------------------------------------
+
+    def _on_provider_ready(self, ev: ProviderReady) -> list[Action]:
+        old = self.providers.get(ev.provider_id)
+        actions = self._drop_provider(old, ev.now, exclude=False) if old else []
+        self.providers[ev.provider_id] = _Provider(ev.provider_id, ev.slots, frozenset(ev.task_types), ev.now)
+        return actions
+
+    def _on_provider_seen(self, ev: ProviderSeen) -> list[Action]:
+        p = self.providers.get(ev.provider_id)
+        if p is None:
+            return []
+        p.last_seen, p.state = ev.now, "ready"
+        for job_id, index in p.leases:  # a heartbeat listing a task renews its lease
+            lease = self.jobs[job_id].shards[index].leases[ev.provider_id]
+            if key_of(job_id, index, lease.attempt) in ev.running:
+                lease.accepted = True
+        return []
+
+    def _on_provider_left(self, ev: ProviderLeft) -> list[Action]:
+        p = self.providers.get(ev.provider_id)
+        return self._drop_provider(p, ev.now, exclude=False) if p else []
+
+    def _drop_provider(self, p: _Provider, now: float, exclude: bool) -> list[Action]:
+        """Forget a provider and requeue its leases with a new attempt."""
+        del self.providers[p.provider_id]
+        actions: list[Action] = []
+        for job_id, index in sorted(p.leases):
+            job = self.jobs[job_id]
+            shard = job.shards[index]
+            shard.leases.pop(p.provider_id, None)
+            if exclude:
+                shard.excluded.add(p.provider_id)
+            if not shard.leases and not shard.done:
+                shard.attempt += 1
+                job.pending.appendleft(index)
+                actions.append(Republish(job_id, index, shard.attempt, None, reason="provider_lost"))
+        return actions
+
+    # -- jobs ----------------------------------------------------------------
+
+    def _on_job_added(self, ev: JobAdded) -> list[Action]:
+        self._seq += 1
+        job = _Job(ev.job_id, ev.task_type, ev.priority, self._seq)
+        self.jobs[ev.job_id] = job
+        self._add_shards(job, ev.indices, ev.attempts)
+        return []
+
+    def _on_shards_added(self, ev: ShardsAdded) -> list[Action]:
+        job = self.jobs.get(ev.job_id)
+        if job is not None:
+            self._add_shards(job, ev.indices, ev.attempts)
+        return []
+
+    @staticmethod
+    def _add_shards(job: _Job, indices: list[int], attempts: dict[int, int] | None) -> None:
+        for i in indices:
+            job.shards[i] = _Shard(i, attempt=(attempts or {}).get(i, 0))
+            job.pending.append(i)
+
+    def _on_job_cancelled(self, ev: JobCancelled) -> list[Action]:
+        return self._remove_job(ev.job_id)
+
+    def _remove_job(self, job_id: str) -> list[Action]:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return []
+        actions: list[Action] = []
+        for shard in job.shards.values():
+            for pid, lease in shard.leases.items():
+                actions.append(Cancel(pid, job_id, shard.index, lease.attempt))
+                if pid in self.providers:
+                    self.providers[pid].leases.discard((job_id, shard.index))
+        return actions
+
+    # -- task lifecycle ------------------------------------------------------
+
+    def _on_task_accepted(self, ev: TaskAccepted) -> list[Action]:
+        shard = self._shard(ev.job_id, ev.index)
+        lease = shard.leases.get(ev.provider_id) if shard else None
+        if lease is not None and lease.attempt == ev.attempt:
+            lease.accepted = True
+        return []
+
+    def _on_task_succeeded(self, ev: TaskSucceeded) -> list[Action]:
+        if not self.lease_holder(ev.job_id, ev.index, ev.attempt, ev.provider_id):
+            return []  # stale attempt, lost lease or duplicate: fenced off
+        job, shard = self.jobs[ev.job_id], self.jobs[ev.job_id].shards[ev.index]
+        lease = shard.leases[ev.provider_id]
+        job.durations.append(max(0.0, ev.now - lease.started))
+        shard.done = True
+        job.done += 1
+        actions: list[Action] = [Merge(ev.job_id, ev.index, ev.attempt, ev.provider_id)]
+        for pid, other in list(shard.leases.items()):
+            if pid != ev.provider_id:  # the speculative loser
+                actions.append(Cancel(pid, ev.job_id, ev.index, other.attempt))
+            self._release(pid, ev.job_id, ev.index)
+        shard.leases.clear()
+        if job.done == len(job.shards):
+            actions.append(JobRoundDone(ev.job_id))
+        return actions
+
+    def _on_task_failed(self, ev: TaskFailed) -> list[Action]:
+        if not self.lease_holder(ev.job_id, ev.index, ev.attempt, ev.provider_id):
+            return []
+        job, shard = self.jobs[ev.job_id], self.jobs[ev.job_id].shards[ev.index]
+        self._release(ev.provider_id, ev.job_id, ev.index)
+        shard.leases.pop(ev.provider_id)
+        shard.failures += 1
+        if shard.failures >= self.config.max_attempts:
+            return [*self._remove_job(ev.job_id),
+                    JobFailed(ev.job_id, f"shard {ev.index} failed {shard.failures} times; last error: {ev.error}")]
+        if not shard.leases:
+            shard.attempt += 1
+            shard.excluded.add(ev.provider_id)
+            job.pending.appendleft(ev.index)
+        return []
+
+    def _release(self, provider_id: str, job_id: str, index: int) -> None:
+        p = self.providers.get(provider_id)
+        if p is not None:
+            p.leases.discard((job_id, index))
+
+    # -- time ----------------------------------------------------------------
+
+    def _on_tick(self, ev: Tick) -> list[Action]:
+        cfg, actions = self.config, []
+        for p in list(self.providers.values()):
+            silent = ev.now - p.last_seen
+            if silent > cfg.dead_after:
+                actions.append(ProviderDead(p.provider_id))
+                actions.extend(self._drop_provider(p, ev.now, exclude=True))
+            elif silent > cfg.liveness * cfg.heartbeat_interval:
+                p.state = "suspect"
+        for p in self.providers.values():
+            for job_id, index in p.leases:
+                lease = self.jobs[job_id].shards[index].leases[p.provider_id]
+                if not lease.accepted and ev.now > lease.ack_deadline:
+                    lease.ack_deadline = ev.now + cfg.ack_timeout
+                    actions.append(Republish(job_id, index, lease.attempt, p.provider_id, reason="no_ack"))
+        if cfg.speculate:
+            actions.extend(self._speculate(ev.now))
+        return actions
+
+    def _speculate(self, now: float) -> list[Action]:
+        """A copy of a straggling shard for an idle provider; the first result wins."""
+        cfg, actions = self.config, []
+        leased = [(self.jobs[j], i) for p in self.providers.values() for j, i in p.leases]
+        for job, index in leased:
+            shard = job.shards[index]
+            if (len(shard.leases) != 1 or index in job.speculated or not job.durations
+                    or job.done < cfg.speculate_after * len(job.shards)):
+                continue
+            (holder, lease), = shard.leases.items()
+            if now - lease.started <= cfg.straggler_factor * (sum(job.durations) / len(job.durations)):
+                continue
+            idle = self._pick_provider(job, shard, exclude={holder}, idle_only=True)
+            if idle is not None:
+                job.speculated.add(index)
+                actions.append(self._lease(job, shard, idle, now, speculative=True))
+        return actions
+
+    # -- assignment ----------------------------------------------------------
+
+    def _assign(self, now: float) -> list[Action]:
+        """Lease pending shards to free providers: jobs by priority then age, shards in order."""
+        actions: list[Action] = []
+        for job in sorted(self.jobs.values(), key=lambda j: j.order):
+            while job.pending:
+                shard = job.shards[job.pending[0]]
+                # exclusion is a preference: a shard retries on an excluded provider rather than stall
+                provider = (self._pick_provider(job, shard, exclude=shard.excluded)
+                            or self._pick_provider(job, shard, exclude=set()))
+                if provider is None:
+                    break
+                job.pending.popleft()
+                actions.append(self._lease(job, shard, provider, now))
+        return actions
+
+    def _pick_provider(self, job: _Job, shard: _Shard, exclude: set[str], idle_only: bool = False) -> str | None:
+        """The supporting provider with the most free slots (ties: the first registered)."""
+        best, best_free = None, 0
+        for p in self.providers.values():
+            if job.task_type not in p.task_types or p.provider_id in exclude or p.provider_id in shard.leases:
+                continue
+            if idle_only and p.leases:
+                continue
+            if p.free > best_free:
+                best, best_free = p.provider_id, p.free
+        return best
+
+    def _lease(self, job: _Job, shard: _Shard, provider_id: str, now: float, speculative: bool = False) -> Assign:
+        shard.leases[provider_id] = _Lease(provider_id, shard.attempt, now, now + self.config.ack_timeout)
+        self.providers[provider_id].leases.add((job.job_id, shard.index))
+        return Assign(job.job_id, shard.index, shard.attempt, provider_id, speculative)
+
+    def _shard(self, job_id: str, index: int) -> _Shard | None:
+        job = self.jobs.get(job_id)
+        return job.shards.get(index) if job else None
+
+    def finish_job(self, job_id: str) -> None:
+        """The server calls this when a job is complete (no further round)."""
+        self._remove_job(job_id)

@@ -1,0 +1,252 @@
+"""The head node: binds the five sockets, routes messages to handlers, applies scheduler actions.
+
+One thread owns every socket (ZeroMQ sockets are not thread-safe); it polls,
+drains what is readable, and ticks the scheduler's clock between polls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import zmq
+
+from common import protocol
+from common.config import HeadConfig
+from common.errors import DecodeError, RequestError, TransportError
+from common.logs import get_logger
+from common.protocol import MsgType
+from common.sockets import make_socket, recv_frames, send, split_envelope
+from common.tasks import TaskType, load_task_types
+from head_node.api import ClientApi
+from head_node.events import (
+    Assign, Cancel, JobFailed, JobRoundDone, Merge, ProviderDead, Republish,
+    SchedulerConfig, ShardsAdded, Tick, task_id_of,
+)
+from head_node.jobs import Job
+from head_node.providers import ProviderChannel
+from head_node.scheduler import Scheduler
+
+TICK_SECONDS = 0.05
+_DRAIN = 256  # messages taken from one socket before looking at the others
+
+Handler = Callable[[protocol.Message], protocol.Message | None]
+
+
+class HeadNode:
+    def __init__(self, config: HeadConfig, task_types: dict[str, TaskType] | None = None):
+        self.config = config
+        self.log = get_logger("head")
+        self.epoch = protocol.new_id()[:12]
+        self.tasks = task_types if task_types is not None else load_task_types()
+        t = config.timing
+        self.sched = Scheduler(SchedulerConfig(
+            heartbeat_interval=t.heartbeat_interval, liveness=t.liveness, dead_after=t.dead_after,
+            ack_timeout=t.ack_timeout, max_attempts=config.max_attempts,
+        ))
+        self.jobs: dict[str, Job] = {}
+        self.counters: Counter[str] = Counter()
+        self.ctx = zmq.Context()
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self.sockets: dict[str, zmq.Socket] = {}
+        self.providers = ProviderChannel(self)
+        self.api = ClientApi(self)
+
+    # -- sockets -------------------------------------------------------------
+
+    def bind(self) -> None:
+        kinds = {"registration": zmq.ROUTER, "heartbeat": zmq.ROUTER, "tasks": zmq.PUB,
+                 "results": zmq.PULL, "api": zmq.ROUTER}
+        for role, kind in kinds.items():
+            sock = make_socket(self.ctx, kind, limits=self.config.limits, server=True)
+            try:
+                sock.bind(self.config.bind_url(role))
+            except zmq.ZMQError as e:
+                sock.close()
+                self.close()
+                raise TransportError(f"cannot bind the {role} socket on {self.config.bind_url(role)}: {e}") from e
+            self.sockets[role] = sock
+        self.log.info("head.listening", epoch=self.epoch, host=self.config.bind_host,
+                      ports=[self.config.port_base + i for i in range(len(kinds))],
+                      task_types=sorted(self.tasks), data_dir=str(self.config.data_dir))
+
+    def publish(self, provider_id: str, msg: protocol.Message) -> None:
+        try:
+            send(self.sockets["tasks"], msg, topic=provider_id, compression=self.config.compression,
+                 flags=zmq.NOBLOCK)
+        except TransportError as e:  # PUB drops at the high-water mark; the ack timeout re-publishes
+            self.counters["publish_dropped"] += 1
+            self.log.warning("task.publish_dropped", provider_id=provider_id, error=str(e))
+
+    # -- loop ----------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        if not self.sockets:
+            self.bind()
+        routes: dict[zmq.Socket, Callable[[zmq.Socket], None]] = {
+            self.sockets["registration"]: lambda s: self._serve_request(s, self.providers.registration_handlers),
+            self.sockets["heartbeat"]: lambda s: self._serve_request(s, self.providers.heartbeat_handlers),
+            self.sockets["results"]: self._serve_results,
+            self.sockets["api"]: lambda s: self._serve_request(s, self.api.handlers),
+        }
+        poller = zmq.Poller()
+        for sock in routes:
+            poller.register(sock, zmq.POLLIN)
+        self.ready.set()
+        next_tick = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, next_tick - time.monotonic())
+                for sock, _ in poller.poll(timeout * 1000):
+                    for _ in range(_DRAIN):
+                        if not sock.poll(0, zmq.POLLIN):
+                            break
+                        routes[sock](sock)
+                if time.monotonic() >= next_tick:
+                    self.tick()
+                    next_tick = time.monotonic() + TICK_SECONDS
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        for job in self.jobs.values():
+            job.files.flush()
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.sockets.clear()
+        self.ctx.term()
+        self.log.info("head.stopped", epoch=self.epoch)
+
+    def tick(self) -> None:
+        self.apply(self.sched.handle(Tick(time.monotonic())))
+        self.providers.send_probes()
+
+    def _serve_request(self, sock: zmq.Socket, handlers: dict[MsgType, Handler]) -> None:
+        frames = recv_frames(sock)
+        envelope, body = split_envelope(frames)
+        reply: protocol.Message
+        try:
+            msg = protocol.decode(body, limits=self.config.limits)
+            handler = handlers.get(msg.type)
+            if handler is None:
+                raise RequestError(f"message type {msg.type.value!r} is not accepted on this socket", "bad_message")
+            reply = handler(msg)
+            reply.id = msg.id
+        except DecodeError as e:
+            self.reject("bad_message", str(e))
+            reply = protocol.Error(code="bad_message", message=str(e))
+        except RequestError as e:
+            self.reject(e.code, str(e))
+            reply = protocol.Error(code=e.code, message=str(e))
+        except Exception as e:  # a bug in one handler must not take the head down
+            self.log.exception("head.handler_error", error=repr(e))
+            self.counters["internal_errors"] += 1
+            reply = protocol.Error(code="internal", message=f"internal error: {e!r}")
+        try:
+            send(sock, reply, envelope=envelope, compression=self.config.compression)
+        except TransportError as e:
+            self.log.warning("head.reply_failed", error=str(e))
+
+    def _serve_results(self, sock: zmq.Socket) -> None:
+        try:
+            msg = protocol.decode(recv_frames(sock), limits=self.config.limits)
+            handler = self.providers.result_handlers.get(msg.type)
+            if handler is None:
+                raise RequestError(f"message type {msg.type.value!r} is not accepted on the results socket")
+            handler(msg)
+        except (DecodeError, RequestError) as e:
+            self.reject("bad_result", str(e))
+        except Exception as e:
+            self.log.exception("head.handler_error", error=repr(e))
+            self.counters["internal_errors"] += 1
+
+    def reject(self, reason: str, detail: str) -> None:
+        self.counters[f"rejected_{reason}"] += 1
+        self.log.warning("message.rejected", reason=reason, detail=detail)
+
+    # -- actions -------------------------------------------------------------
+
+    def apply(self, actions: list, result: protocol.Result | None = None) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Assign or (kind is Republish and action.provider_id is not None):
+                self._dispatch(action)
+            elif kind is Republish:
+                self._requeued(action)
+            elif kind is Cancel:
+                self.publish(action.provider_id, protocol.CancelTask(
+                    task_id=task_id_of(action.job_id, action.index), attempt=action.attempt))
+            elif kind is Merge:
+                self._merge(action, result)
+            elif kind is JobRoundDone:
+                self._next_round(self.jobs[action.job_id])
+            elif kind is JobFailed:
+                self._finish(self.jobs[action.job_id], "failed", action.error)
+            elif kind is ProviderDead:
+                self.providers.mark_dead(action.provider_id)
+
+    def _dispatch(self, a: Assign | Republish) -> None:
+        job = self.jobs[a.job_id]
+        shard = job.shards[a.index]
+        if job.status == "queued":
+            job.status, job.started_at = "running", time.time()
+        msg = protocol.Task(task_id=task_id_of(job.job_id, a.index), job_id=job.job_id, attempt=a.attempt,
+                            task_type=job.task_type, index=a.index, params=shard.params,
+                            arrays=job.task.inputs(job, shard))
+        self.publish(a.provider_id, msg)
+        event = "task.speculated" if getattr(a, "speculative", False) else (
+            "task.assigned" if isinstance(a, Assign) else "task.republished")
+        self.log.debug(event, job_id=job.job_id, task_id=msg.task_id, attempt=a.attempt, provider_id=a.provider_id)
+        if getattr(a, "speculative", False):
+            self.counters["speculative_launches"] += 1
+
+    def _requeued(self, a: Republish) -> None:
+        job = self.jobs.get(a.job_id)
+        if job is not None:
+            job.reruns += 1
+        self.counters["reassignments"] += 1
+        self.log.info("task.requeued", job_id=a.job_id, task_id=task_id_of(a.job_id, a.index),
+                      attempt=a.attempt, reason=a.reason)
+
+    def _merge(self, a: Merge, result: protocol.Result | None) -> None:
+        job = self.jobs[a.job_id]
+        try:
+            job.task.merge(job, job.shards[a.index], result.arrays if result else {})
+        except Exception as e:  # a provider's wrong answer fails the job, not the head
+            self.sched.finish_job(job.job_id)
+            self._finish(job, "failed", f"merging shard {a.index} from provider {a.provider_id}: {e}")
+            return
+        job.done += 1
+        self.providers.count_done(a.provider_id, job)
+
+    def _next_round(self, job: Job) -> None:
+        if job.finished:
+            return
+        try:
+            shards = job.task.next_round(job)
+        except Exception as e:
+            self.sched.finish_job(job.job_id)
+            self._finish(job, "failed", f"planning round {job.round + 1}: {e}")
+            return
+        if shards:
+            indices = job.add_shards(shards)
+            self.apply(self.sched.handle(ShardsAdded(time.monotonic(), job.job_id, tuple(indices))))
+        else:
+            self.sched.finish_job(job.job_id)
+            self._finish(job, "succeeded")
+
+    def _finish(self, job: Job, status: str, error: str = "") -> None:
+        job.finish(status, error)
+        self.counters[f"jobs_{status}"] += 1
+        self.log.info("job.finished", job_id=job.job_id, status=status, error=error or None,
+                      elapsed=round(job.summary()["elapsed"], 4), shards=len(job.shards))
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "providers": self.providers.summaries(),
+                "jobs": [j.summary() for j in self.jobs.values()], "counters": dict(self.counters)}

@@ -1,0 +1,3 @@
+from provider_macos.cli import main
+
+main()

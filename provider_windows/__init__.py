@@ -1,0 +1,1 @@
+"""zcompute provider adapter for Windows."""

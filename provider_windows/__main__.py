@@ -1,0 +1,3 @@
+from provider_windows.cli import main
+
+main()

@@ -1,0 +1,127 @@
+"""``Client`` and ``JobHandle``: submit work to a head node and collect the answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from common import protocol
+from common.config import DEFAULT_PORT_BASE, HeadAddress, env_default
+from common.errors import JobCancelled, JobFailed
+from common.reqclient import ReqChannel
+
+DEFAULT_HEAD = f"tcp://127.0.0.1:{DEFAULT_PORT_BASE}"
+_TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class Client:
+    """A connection to a head node's client API; safe to share between threads.
+
+    ``head`` is ``tcp://HOST[:PORT_BASE]`` (default: ``$ZCOMPUTE_HEAD`` or
+    ``tcp://127.0.0.1:5555``). Requests time out after ``timeout`` seconds and
+    are resent ``retries`` times on a fresh socket (Lazy Pirate).
+    """
+
+    def __init__(self, head: str | HeadAddress | None = None, *, insecure: bool = False,
+                 timeout: float = 30.0, retries: int = 3, compression: str = "auto"):
+        if not isinstance(head, HeadAddress):
+            head = HeadAddress.parse(head or env_default("HEAD", DEFAULT_HEAD))
+        self.address = head
+        self.insecure = insecure
+        self._ctx = zmq.Context()
+        self._lock = threading.Lock()
+        self._channel = ReqChannel(self._ctx, head.url("api"), timeout=timeout, retries=retries,
+                                   compression=compression)
+
+    def request(self, msg: protocol.Message, **kwargs: Any) -> protocol.Message:
+        with self._lock:
+            return self._channel.request(msg, **kwargs)
+
+    # -- jobs ----------------------------------------------------------------
+
+    def submit(self, task_type: str, params: dict[str, Any] | None = None,
+               arrays: dict[str, np.ndarray] | None = None, priority: int = 0) -> "JobHandle":
+        """Submit any task type; returns at once with a handle."""
+        reply = self.request(protocol.Submit(task_type=task_type, params=params or {}, priority=priority,
+                                             arrays=arrays or {}))
+        return JobHandle(self, reply.job_id)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, splits: Any = "auto", priority: int = 0) -> "JobHandle":
+        """C = A @ B; ``splits`` is ``(rows, cols)``, ``"RxC"``, a row count, or ``"auto"``."""
+        if isinstance(splits, tuple):
+            splits = list(splits)
+        return self.submit("matmul", {"splits": splits}, {"a": np.asarray(a), "b": np.asarray(b)}, priority)
+
+    def job(self, job_id: str) -> "JobHandle":
+        return JobHandle(self, job_id)
+
+    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        return self.request(protocol.ListJobs(state=state)).jobs
+
+    def providers(self) -> list[dict[str, Any]]:
+        return self.request(protocol.ListProviders()).providers
+
+    def close(self) -> None:
+        self._channel.close()
+        self._ctx.term()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class JobHandle:
+    """A submitted job. ``result()`` waits for it and returns its output."""
+
+    def __init__(self, client: Client, job_id: str):
+        self.client, self.id = client, job_id
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    def status(self) -> dict[str, Any]:
+        """The job's summary: ``status``, ``done``/``total`` shards, ``error``, timings."""
+        return self.client.request(protocol.Status(job_id=self.id)).job
+
+    def done(self) -> bool:
+        return self.status()["status"] in _TERMINAL
+
+    def cancel(self) -> dict[str, Any]:
+        return self.client.request(protocol.CancelJob(job_id=self.id)).job
+
+    def wait(self, timeout: float | None = None,
+             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll until the job ends; raises ``TimeoutError``, ``JobFailed`` or ``JobCancelled``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            summary = self.status()
+            if on_progress is not None:
+                on_progress(summary)
+            if summary["status"] == "failed":
+                raise JobFailed(f"job {self.id} failed: {summary['error']}")
+            if summary["status"] == "cancelled":
+                raise JobCancelled(f"job {self.id} was cancelled")
+            if summary["status"] == "succeeded":
+                return summary
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} not finished after {timeout}s "
+                                   f"({summary['done']}/{summary['total']} shards)")
+            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.25)
+
+    def outputs(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Every output array of the job, after waiting for it."""
+        self.wait(timeout)
+        return self.client.request(protocol.Fetch(job_id=self.id)).arrays
+
+    def result(self, timeout: float | None = None) -> np.ndarray | dict[str, np.ndarray]:
+        """The job's output: the array itself when there is one, else a dict of arrays."""
+        arrays = self.outputs(timeout)
+        return next(iter(arrays.values())) if len(arrays) == 1 else arrays

@@ -1,0 +1,130 @@
+"""``LocalCluster``: a head node and providers as child processes on this machine.
+
+It picks free ports, keeps state in a temporary data dir, waits until every
+provider is ready, and stops everything it started on exit, on Ctrl-C, and
+(through a parent watchdog in the children) when this process is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config import HeadAddress
+from common.errors import ZComputeError
+from common.lifecycle import PARENT_PID_ENV, free_port_base
+from user_client.client import Client
+
+
+class LocalCluster:
+    def __init__(self, providers: int = 2, *, slots: int = 1, blas_threads: int = 1, insecure: bool = False,
+                 data_dir: str | Path | None = None, heartbeat_interval: float = 0.5, dead_after: float = 5.0,
+                 log_level: str = "warning", head_args: list[str] | None = None,
+                 provider_args: list[str] | None = None, env: dict[str, str] | None = None,
+                 start_timeout: float = 60.0):
+        self.n_providers, self.slots, self.blas_threads = providers, slots, blas_threads
+        self.insecure, self.heartbeat_interval, self.dead_after = insecure, heartbeat_interval, dead_after
+        self.log_level, self.start_timeout = log_level, start_timeout
+        self.head_args, self.provider_args = head_args or [], provider_args or []
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="zcompute-"))
+        self.env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
+        self.env.setdefault("OMP_NUM_THREADS", str(blas_threads))
+        self.head: subprocess.Popen | None = None
+        self.providers: list[subprocess.Popen] = []
+        self.address: HeadAddress | None = None
+
+    # -- processes -----------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as log:
+            return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                    stdin=subprocess.DEVNULL)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def start(self) -> "LocalCluster":
+        base = free_port_base()
+        self.address = HeadAddress("127.0.0.1", base)
+        common = ["--log-level", self.log_level, "--log-json", "--heartbeat-interval", str(self.heartbeat_interval)]
+        common += ["--insecure"] if self.insecure else []
+        self.head = self._spawn("head", [
+            "-m", "head_node", "start", "--data-dir", str(self.data_dir / "head"), "--bind", "127.0.0.1",
+            "--port-base", str(base), "--dead-after", str(self.dead_after), *common, *self.head_args])
+        for _ in range(self.n_providers):
+            self.add_provider()
+        try:
+            self.wait_for_providers(self.n_providers, self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def add_provider(self, *extra: str) -> subprocess.Popen:
+        """Start one more provider process (it gets its own data dir, so its own id)."""
+        i = len(self.providers)
+        proc = self._spawn(f"provider-{i}", [
+            "-m", "common.provider", "start", "--head", str(self.address),
+            "--data-dir", str(self.data_dir / f"provider-{i}"), "--name", f"local-{i}",
+            "--slots", str(self.slots), "--blas-threads", str(self.blas_threads),
+            "--log-level", self.log_level, "--log-json", "--heartbeat-interval", str(self.heartbeat_interval),
+            *(["--insecure"] if self.insecure else []), *self.provider_args, *extra])
+        self.providers.append(proc)
+        return proc
+
+    def wait_for_providers(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Block until ``count`` providers are ready; raise with the children's logs if not."""
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=2.0, retries=0) as c:
+            while True:
+                if self.head is not None and self.head.poll() is not None:
+                    raise ZComputeError(f"head node exited with code {self.head.returncode}:\n{self.log_tail('head')}")
+                try:
+                    ready = [p for p in c.providers() if p["state"] == "ready"]
+                except ZComputeError:
+                    ready = []
+                if len(ready) >= count:
+                    return ready
+                if time.monotonic() > deadline:
+                    raise ZComputeError(f"only {len(ready)} of {count} providers ready after {timeout}s; "
+                                        f"head log:\n{self.log_tail('head')}\nprovider-0 log:\n"
+                                        f"{self.log_tail('provider-0')}")
+                time.sleep(0.05)
+
+    def client(self, **kwargs: Any) -> Client:
+        if self.address is None:
+            raise ZComputeError("the local cluster is not started")
+        return Client(self.address, insecure=self.insecure, **kwargs)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM everything (providers first, so they deregister), then SIGKILL what lingers."""
+        procs = [p for p in [*self.providers, self.head] if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
