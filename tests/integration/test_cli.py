@@ -1,0 +1,109 @@
+"""The console scripts as a user runs them: head-node, provider, user-client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.lifecycle import PARENT_PID_ENV, free_port_base
+from tests.helpers import wait_until
+from user_client import Client
+
+BIN = Path(sys.executable).parent
+SCRIPTS = ["head-node", "provider", "provider-macos", "provider-windows", "user-client"]
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_help(script):
+    out = run(script, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "zcompute" in out.stdout
+
+
+@pytest.mark.parametrize("command", [
+    ["head-node", "start"], ["provider", "start"], ["provider-macos", "start"], ["provider-windows", "start"],
+    ["user-client", "submit", "matmul"], ["user-client", "status"], ["user-client", "result"],
+    ["user-client", "cancel"], ["user-client", "jobs"], ["user-client", "providers"], ["user-client", "demo"],
+])
+def test_every_command_explains_itself_with_an_example(command):
+    out = run(*command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Example:" in out.stdout
+
+
+def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
+    """The several-machines flow on loopback: head-node start, provider start, user-client submit/status/result."""
+    base = free_port_base()
+    head_url = f"tcp://127.0.0.1:{base}"
+    env = {PARENT_PID_ENV: str(os.getpid()), "ZCOMPUTE_HEARTBEAT_INTERVAL": "0.2"}
+    logs = open(tmp_path / "procs.log", "wb")
+    procs = [subprocess.Popen([str(BIN / "head-node"), "start", "--data-dir", str(tmp_path / "head"),
+                               "--bind", "127.0.0.1", "--port-base", str(base), "--insecure"],
+                              stdout=logs, stderr=logs, env={**os.environ, **env})]
+    for i in range(2):
+        procs.append(subprocess.Popen([str(BIN / "provider"), "start", "--head", head_url, "--insecure",
+                                       "--data-dir", str(tmp_path / f"p{i}"), "--name", f"box{i}"],
+                                      stdout=logs, stderr=logs, env={**os.environ, **env}))
+    try:
+        with Client(head_url, insecure=True, timeout=2, retries=20) as c:
+            wait_until(lambda: len([p for p in c.providers() if p["state"] == "ready"]) == 2, timeout=30)
+        rng = np.random.default_rng(3)
+        a, b = rng.standard_normal((90, 60)), rng.standard_normal((60, 70))
+        np.save(tmp_path / "A.npy", a)
+        np.save(tmp_path / "B.npy", b)
+        cenv = {"ZCOMPUTE_HEAD": head_url}
+        out = run("user-client", "--insecure", "submit", "matmul", "--a", str(tmp_path / "A.npy"), "--b",
+                  str(tmp_path / "B.npy"), "--splits", "2x2", "--wait", "--out", str(tmp_path / "C.npy"), env=cenv)
+        assert out.returncode == 0, out.stderr
+        assert "succeeded" in out.stdout and "4 shards" in out.stdout
+        np.testing.assert_allclose(np.load(tmp_path / "C.npy"), a @ b, rtol=1e-12)
+        job_id = out.stdout.split("submitted job ")[1].split()[0]
+
+        out = run("user-client", "status", job_id, env=cenv)
+        assert out.returncode == 0 and "succeeded" in out.stdout
+        out = run("user-client", "result", job_id, "--out", str(tmp_path / "C2.npy"), env=cenv)
+        assert out.returncode == 0, out.stderr
+        np.testing.assert_array_equal(np.load(tmp_path / "C2.npy"), np.load(tmp_path / "C.npy"))
+        out = run("user-client", "jobs", env=cenv)
+        assert job_id in out.stdout and "STATUS" in out.stdout
+        out = run("user-client", "providers", env=cenv)
+        assert "box0" in out.stdout and "box1" in out.stdout and "matmul" in out.stdout
+        out = run("user-client", "cancel", job_id, env=cenv)
+        assert out.returncode == 0 and "succeeded" in out.stdout  # finished jobs stay finished
+
+        out = run("user-client", "status", "no-such-job", env=cenv)
+        assert out.returncode == 1 and "no job 'no-such-job'" in out.stderr
+        np.save(tmp_path / "bad.npy", np.ones((3, 3)))
+        out = run("user-client", "submit", "matmul", "--a", str(tmp_path / "A.npy"), "--b",
+                  str(tmp_path / "bad.npy"), env=cenv)
+        assert out.returncode == 1 and "inner dimensions differ" in out.stderr
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(15)
+        logs.close()
+    assert [p.returncode for p in procs] == [0, 0, 0]
+
+
+def test_bad_head_address_is_a_clear_error():
+    out = run("user-client", "--head", "http://nope", "jobs")
+    assert out.returncode == 1 and "tcp://HOST[:PORT]" in out.stderr
+
+
+def test_demo_runs_and_cleans_up():
+    out = run("user-client", "demo", "--size", "256", "--insecure", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "max relative err" in out.stdout and "OK" in out.stdout
+    assert "local cluster stopped" in out.stdout

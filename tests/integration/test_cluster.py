@@ -1,0 +1,122 @@
+"""Cluster behaviour with real processes: providers coming and going, scheduling, cancel, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from common.errors import HeadUnreachable
+from tests.helpers import wait_until
+from user_client import Client, JobCancelled, JobFailed, QueueFullError, UnknownJobError, ValidationError
+
+
+def test_idle_provider_killed_is_marked_dead_and_a_new_one_joins(make_cluster):
+    cluster = make_cluster(2)
+    with cluster.client() as c:
+        victim = cluster.providers[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(5)
+        start = time.monotonic()
+        wait_until(lambda: len(c.providers()) == 1, timeout=10)
+        detection = time.monotonic() - start
+        assert detection < 5, f"dead provider detected after {detection:.1f}s"
+        cluster.add_provider()
+        cluster.wait_for_providers(2, timeout=20)
+        names = sorted(p["name"] for p in c.providers())
+        assert names == ["local-1", "local-2"]
+        a = np.arange(20.0).reshape(4, 5)
+        job = c.matmul(a, a.T, splits=(4, 1))
+        np.testing.assert_allclose(job.result(timeout=30), a @ a.T)
+        assert set(job.status()["shards_by_provider"]) == {"local-1", "local-2"}
+
+
+def test_auto_splits_over_decompose_and_faster_provider_takes_more(make_cluster):
+    cluster = make_cluster(1, slots=1)
+    cluster.add_provider("--slots", "3")
+    cluster.wait_for_providers(2)
+    with cluster.client() as c:
+        providers = {p["name"]: p for p in c.providers()}
+        assert providers["local-1"]["slots"] == 3
+        a = np.random.default_rng(1).standard_normal((400, 200))
+        job = c.matmul(a, a.T, splits="auto")
+        np.testing.assert_allclose(job.result(timeout=30), a @ a.T, rtol=1e-10)
+        summary = job.status()
+    assert summary["total"] == 2 * 4  # AUTO_SHARDS_PER_SLOT x ready slots
+    assert summary["shards_by_provider"]["local-1"] > summary["shards_by_provider"]["local-0"]
+
+
+def test_cancel_a_running_job(make_cluster):
+    cluster = make_cluster(2)
+    with cluster.client() as c:
+        job = c.submit("noop", {"shards": 20, "sleep": 0.5})
+        wait_until(lambda: job.status()["status"] == "running", timeout=10)
+        assert job.cancel()["status"] == "cancelled"
+        with pytest.raises(JobCancelled):
+            job.result(timeout=5)
+        # the cluster carries on
+        assert c.submit("noop", {"shards": 4}).wait(timeout=20)["status"] == "succeeded"
+
+
+def test_poison_shard_fails_its_job_with_the_provider_error_and_others_continue(make_cluster):
+    cluster = make_cluster(2)
+    with cluster.client() as c:
+        bad = c.submit("noop", {"shards": 4, "fail": [2]})
+        good = c.submit("noop", {"shards": 6})
+        with pytest.raises(JobFailed, match="noop shard asked to fail"):
+            bad.result(timeout=30)
+        assert "failed 3 times" in bad.status()["error"]
+        assert good.wait(timeout=30)["status"] == "succeeded"
+
+
+def test_queue_full_is_a_clear_error_and_changes_nothing(make_cluster):
+    cluster = make_cluster(1, head_args=["--max-queued-jobs", "2"])
+    with cluster.client() as c:
+        jobs = [c.submit("noop", {"shards": 1, "sleep": 1.0}) for _ in range(2)]
+        with pytest.raises(QueueFullError, match="queue full"):
+            c.submit("noop", {"shards": 1})
+        assert len(c.jobs()) == 2
+        for job in jobs:
+            job.wait(timeout=20)
+        assert c.submit("noop", {"shards": 1}).wait(timeout=20)["status"] == "succeeded"
+
+
+def test_priority_runs_first(make_cluster):
+    cluster = make_cluster(1)
+    with cluster.client() as c:
+        blocker = c.submit("noop", {"shards": 1, "sleep": 0.5})
+        low = c.submit("noop", {"shards": 3, "sleep": 0.05}, priority=0)
+        high = c.submit("noop", {"shards": 3, "sleep": 0.05}, priority=5)
+        for job in (blocker, low, high):
+            job.wait(timeout=30)
+        assert high.status()["finished_at"] < low.status()["finished_at"]
+
+
+def test_unknown_job_and_unknown_task_type_are_clear_errors(shared_cluster):
+    with shared_cluster.client() as c:
+        with pytest.raises(UnknownJobError, match="no job 'nope'"):
+            c.job("nope").status()
+        with pytest.raises(ValidationError, match="unknown task type .fft."):
+            c.submit("fft", {})
+
+
+def test_client_gives_up_on_a_dead_head_after_its_retries():
+    from common.lifecycle import free_port_base
+
+    base = free_port_base()
+    start = time.monotonic()
+    with Client(f"tcp://127.0.0.1:{base}", timeout=0.2, retries=2) as c:
+        with pytest.raises(HeadUnreachable, match="after 3 tries"):
+            c.providers()
+    assert 0.5 < time.monotonic() - start < 5
+
+
+def test_stop_leaves_nothing_running(make_cluster):
+    cluster = make_cluster(2)
+    procs = [cluster.head, *cluster.providers]
+    cluster.stop()
+    assert all(p.poll() is not None for p in procs)
+    assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]

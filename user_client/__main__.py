@@ -1,0 +1,3 @@
+from user_client.cli import main
+
+main()

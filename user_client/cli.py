@@ -1,0 +1,206 @@
+"""``user-client``: submit jobs to a head node, follow them, fetch results; ``demo`` runs a local cluster."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from common import cli_options as opt
+from common.errors import ConfigError, JobCancelled, JobFailed, ZComputeError
+from common.logs import setup_logging
+from user_client.client import DEFAULT_HEAD, Client, JobHandle
+from user_client.format import progress_bar, table
+
+
+class ClientError(click.ClickException):
+    """A zcompute error shown as one clear line and exit code 1."""
+
+
+@click.group(help="zcompute user client: submit work to a head node and collect results.")
+@click.option("--head", envvar=opt.env("HEAD"), default=DEFAULT_HEAD, show_default=True,
+              help="The head node, tcp://HOST[:PORT_BASE].")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for each reply from the head before retrying.")
+@opt.insecure
+@opt.log_level
+@click.pass_context
+def cli(ctx: click.Context, head: str, timeout: float, insecure: bool, log_level: str) -> None:
+    setup_logging(log_level if log_level != "info" else "warning", json=False)
+    ctx.obj = {"head": head, "timeout": timeout, "insecure": insecure}
+
+
+def _client(ctx: click.Context) -> Client:
+    try:
+        return Client(ctx.obj["head"], insecure=ctx.obj["insecure"], timeout=ctx.obj["timeout"])
+    except ConfigError as e:
+        raise ClientError(str(e)) from None
+
+
+def _load(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise click.BadParameter(f"cannot read {path}: {e}", param_hint=what) from None
+
+
+def _wait_and_save(job: JobHandle, out: Path | None, show_progress: bool) -> None:
+    with progress_bar(show_progress) as update:
+        try:
+            summary = job.wait(on_progress=update)
+        except (JobFailed, JobCancelled) as e:
+            raise ClientError(str(e)) from None
+    click.echo(f"job {job.id} {summary['status']} in {summary['elapsed']:.3f}s "
+               f"({summary['total']} shards: {_by_provider(summary)})")
+    if out is not None:
+        _save(job, out)
+
+
+def _save(job: JobHandle, out: Path) -> None:
+    arrays = job.outputs()
+    if len(arrays) == 1:
+        np.save(out, next(iter(arrays.values())))
+    else:
+        np.savez(out, **arrays)
+    click.echo(f"saved {out}")
+
+
+def _by_provider(summary: dict) -> str:
+    return ", ".join(f"{n} {k}" for n, k in sorted(summary["shards_by_provider"].items())) or "none"
+
+
+@cli.group(help="Submit a job; add --wait to follow it to the end.")
+def submit() -> None:
+    pass
+
+
+@submit.command("matmul", epilog="Example: user-client submit matmul --a A.npy --b B.npy --splits 2x2 --wait "
+                                 "--out C.npy")
+@click.option("--a", "a_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="A as a .npy file (m x k).")
+@click.option("--b", "b_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="B as a .npy file (k x n).")
+@click.option("--splits", default="auto", show_default=True,
+              help="ROWSxCOLS grid of blocks (2x2), a row count (4), or auto.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--wait/--no-wait", default=False, help="Wait for the result, with a progress bar.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save C here (.npy); implies --wait.")
+@click.pass_context
+def submit_matmul(ctx, a_path, b_path, splits, priority, wait, out):
+    """C = A @ B, sharded by rows or as a grid of blocks."""
+    a, b = _load(a_path, "--a"), _load(b_path, "--b")
+    with _client(ctx) as c:
+        try:
+            job = c.matmul(a, b, splits=splits, priority=priority)
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+        click.echo(f"submitted job {job.id}")
+        if wait or out:
+            _wait_and_save(job, out, sys.stderr.isatty())
+
+
+@submit.command("noop", epilog="Example: user-client submit noop --shards 1000 --wait")
+@click.option("--shards", type=click.IntRange(1, 1_000_000), default=10, show_default=True)
+@click.option("--sleep", type=click.FloatRange(0), default=0.0, show_default=True, help="Seconds per shard.")
+@click.option("--wait/--no-wait", default=False)
+@click.pass_context
+def submit_noop(ctx, shards, sleep, wait):
+    """Shards that do nothing: measure the cluster's overhead."""
+    with _client(ctx) as c:
+        try:
+            job = c.submit("noop", {"shards": shards, "sleep": sleep})
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+        click.echo(f"submitted job {job.id}")
+        if wait:
+            _wait_and_save(job, None, sys.stderr.isatty())
+
+
+@cli.command(epilog="Example: user-client status 3f2a9c1b7d4e")
+@click.argument("job_id")
+@click.pass_context
+def status(ctx, job_id):
+    """Show one job's state and progress."""
+    with _client(ctx) as c:
+        try:
+            s = c.job(job_id).status()
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+    click.echo(table([s], ["job_id", "task_type", "status", "done", "total", "reruns", "elapsed", "error"]))
+
+
+@cli.command(epilog="Example: user-client result 3f2a9c1b7d4e --out C.npy")
+@click.argument("job_id")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to save it.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait if the job is still running.")
+@click.pass_context
+def result(ctx, job_id, out, wait):
+    """Save a job's result to a .npy file (several outputs: .npz)."""
+    with _client(ctx) as c:
+        job = c.job(job_id)
+        try:
+            if not wait and not job.done():
+                raise ClientError(f"job {job_id} has not finished")
+            _wait_and_save(job, out, sys.stderr.isatty())
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+
+
+@cli.command(epilog="Example: user-client cancel 3f2a9c1b7d4e")
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx, job_id):
+    """Cancel a job; running shards are told to stop."""
+    with _client(ctx) as c:
+        try:
+            s = c.job(job_id).cancel()
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+    click.echo(f"job {job_id} {s['status']}")
+
+
+@cli.command(epilog="Example: user-client jobs --state running")
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.pass_context
+def jobs(ctx, state):
+    """List jobs."""
+    with _client(ctx) as c:
+        try:
+            rows = c.jobs(state)
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+    click.echo(table(rows, ["job_id", "task_type", "owner", "status", "done", "total", "reruns", "elapsed"]))
+
+
+@cli.command(epilog="Example: user-client providers")
+@click.pass_context
+def providers(ctx):
+    """List providers with their devices, slots and supported task types."""
+    with _client(ctx) as c:
+        try:
+            rows = c.providers()
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+    click.echo(table(rows, ["name", "platform", "device", "state", "slots", "free_slots", "gflops",
+                            "shards_done", "task_types"]))
+
+
+@cli.command(epilog="Example: user-client demo --size 2048 --splits 2x2")
+@click.option("--size", type=click.IntRange(1, 32768), default=2048, show_default=True, help="Matrix size N (NxN).")
+@click.option("--splits", default="2x2", show_default=True, help="Split of the result.")
+@click.option("--providers", "n_providers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--insecure", "demo_insecure", is_flag=True, help="Run the local cluster without security.")
+def demo(size, splits, n_providers, demo_insecure):
+    """Start a local cluster, multiply two random matrices on it, check against numpy, stop it."""
+    from user_client.demo import run_demo
+
+    try:
+        run_demo(size, splits, n_providers, insecure=demo_insecure)
+    except ZComputeError as e:
+        raise ClientError(str(e)) from None
+
+
+def main() -> None:
+    cli()
