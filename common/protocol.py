@@ -119,6 +119,7 @@ class Heartbeat(Message):
     free_slots: int
     load: float = 0.0
     memory_used: int = 0
+    draining: bool = False  # shutting down: finishing what it holds, wants nothing new
 
 
 @dataclass(kw_only=True)

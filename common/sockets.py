@@ -15,6 +15,7 @@ import zmq
 from common import protocol
 from common.codec import DEFAULT_LIMITS, Limits
 from common.errors import TransportError
+from common.faults import FAULTS
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ def send(sock: zmq.Socket, msg: protocol.Message, *, envelope: list[bytes] | Non
     frames = protocol.encode(msg, topic=topic, compression=compression)
     if envelope:
         frames = [*envelope, *frames]
+    copies = FAULTS.copies(msg.type.value) if FAULTS.active else 1
     try:
-        sock.send_multipart(frames, flags=flags, copy=False)
+        for _ in range(copies):
+            sock.send_multipart(frames, flags=flags, copy=False)
     except zmq.Again as e:
         raise TransportError(f"send of {msg.type.value} would block (peer gone or high-water mark)") from e
     except zmq.ZMQError as e:

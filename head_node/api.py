@@ -56,6 +56,9 @@ class ClientApi:
 
     def _on_submit(self, msg: protocol.Submit) -> protocol.Message:
         head = self.head
+        earlier = head.journal.job_for_request(msg.id)
+        if earlier is not None:  # resent after a head restart: the job was accepted already
+            return protocol.Submitted(job_id=earlier)
         task = head.tasks.get(msg.task_type)
         if task is None:
             raise ValidationError(f"unknown task type {msg.task_type!r}; this head knows {sorted(head.tasks)}")
@@ -84,6 +87,11 @@ class ClientApi:
             files.delete()
             raise
         indices = job.add_shards(shards)
+        try:
+            head.journal.add_job(job, request_id=msg.id)
+        except Exception:
+            files.delete()
+            raise
         head.jobs[job_id] = job
         head.counters["jobs_submitted"] += 1
         self.log.info("job.submitted", job_id=job_id, task_type=msg.task_type, shards=len(shards), owner=owner)
@@ -104,7 +112,7 @@ class ClientApi:
         job = self._job(msg.job_id)
         if not job.finished:
             self.head.apply(self.head.sched.handle(JobCancelled(time.monotonic(), job.job_id)))
-            self.head._finish(job, "cancelled")
+            self.head.finish(job, "cancelled")
         return protocol.JobStatus(job=job.summary())
 
     def _on_list_jobs(self, msg: protocol.ListJobs) -> protocol.Message:

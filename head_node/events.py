@@ -64,12 +64,18 @@ class ProviderLeft(Event):
 
 
 @dataclass(frozen=True)
+class ProviderDraining(Event):
+    provider_id: str
+
+
+@dataclass(frozen=True)
 class JobAdded(Event):
     job_id: str
     task_type: str
     indices: tuple[int, ...]
     priority: int = 0
     attempts: dict[int, int] | None = field(default=None, hash=False)
+    recovered: bool = False  # restored from the journal: adopt results and running shards of the current attempt
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from common import protocol
 from common.errors import RequestError
 from common.protocol import MsgType
 from head_node.events import (
-    ProviderLeft, ProviderReady, ProviderSeen, TaskAccepted, TaskFailed, TaskSucceeded,
+    ProviderDraining, ProviderLeft, ProviderReady, ProviderSeen, TaskAccepted, TaskFailed, TaskSucceeded,
     parse_key, parse_task_id,
 )
 from head_node.registry import ProviderInfo, check_register
@@ -93,7 +93,11 @@ class ProviderChannel:
         info.last_seen, info.free_slots, info.load, info.memory_used = (
             time.time(), msg.free_slots, msg.load, msg.memory_used)
         sched = self.head.sched
-        if info.state == "ready":
+        if info.state in ("ready", "draining"):
+            if msg.draining and info.state != "draining":
+                info.state = "draining"
+                self.log.info("provider.draining", provider_id=msg.provider_id, name=info.name)
+                sched.handle(ProviderDraining(time.monotonic(), msg.provider_id))
             self.head.apply(sched.handle(ProviderSeen(time.monotonic(), msg.provider_id, frozenset(msg.running))))
         held = sched.running(msg.provider_id)
         cancel = [k for k in msg.running if k not in held]
@@ -143,11 +147,14 @@ class ProviderChannel:
                          provider_id=msg.provider_id, error=msg.error)
         self.head.apply(self.head.sched.handle(event))
 
-    def count_done(self, provider_id: str, job: "Job") -> None:
+    def count_done(self, provider_id: str, job: "Job") -> str:
+        """Count a merged shard for the provider; return the provider's name."""
         info = self.registry.get(provider_id)
+        name = info.name if info is not None else provider_id[:8]
         if info is not None:
             info.shards_done += 1
-            job.by_provider[info.name] += 1
+        job.by_provider[name] += 1
+        return name
 
     def summaries(self) -> list[dict]:
         return [p.summary() for p in self.registry.values() if p.state not in ("dead", "left")]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from head_node.events import (
     Action, Assign, Cancel, Event, JobAdded, JobCancelled, JobFailed, JobRoundDone,
-    Merge, ProviderDead, ProviderLeft, ProviderReady, ProviderSeen, Republish,
-    SchedulerConfig, ShardsAdded, TaskAccepted, TaskFailed, TaskSucceeded, Tick, key_of,
+    Merge, ProviderDead, ProviderDraining, ProviderLeft, ProviderReady, ProviderSeen, Republish,
+    SchedulerConfig, ShardsAdded, TaskAccepted, TaskFailed, TaskSucceeded, Tick, key_of, parse_key,
 )
 
 __all__ = ["Scheduler", "SchedulerConfig"]
@@ -27,7 +27,7 @@ class _Provider:
     slots: int
     task_types: frozenset[str]
     last_seen: float
-    state: str = "ready"  # ready | suspect
+    state: str = "ready"  # ready | suspect | draining
     leases: set[tuple[str, int]] = field(default_factory=set)  # (job_id, index)
 
     @property
@@ -49,6 +49,7 @@ class _Shard:
     index: int
     attempt: int = 0
     done: bool = False
+    recovered: bool = False  # pending after a head restart: any provider's result for this attempt counts
     failures: int = 0
     leases: dict[str, _Lease] = field(default_factory=dict)  # provider_id -> lease (2 while speculating)
     excluded: set[str] = field(default_factory=set)
@@ -81,6 +82,7 @@ class Scheduler:
             ProviderReady: self._on_provider_ready,
             ProviderSeen: self._on_provider_seen,
             ProviderLeft: self._on_provider_left,
+            ProviderDraining: self._on_provider_draining,
             JobAdded: self._on_job_added,
             ShardsAdded: self._on_shards_added,
             JobCancelled: self._on_job_cancelled,
@@ -100,15 +102,22 @@ class Scheduler:
     # -- queries the server uses ---------------------------------------------
 
     def lease_holder(self, job_id: str, index: int, attempt: int, provider_id: str) -> bool:
+        """May this provider's result for this attempt be merged? (The fencing rule.)"""
         shard = self._shard(job_id, index)
-        lease = shard.leases.get(provider_id) if shard else None
-        return lease is not None and lease.attempt == attempt and not shard.done
+        if shard is None or shard.done:
+            return False
+        lease = shard.leases.get(provider_id)
+        if lease is None:  # after a head restart, an outbox result of the journaled attempt is good
+            return shard.recovered and not shard.leases and shard.attempt == attempt
+        return lease.attempt == attempt
 
     def settled(self, job_id: str, index: int, attempt: int) -> bool:
         """True when a result for this attempt needs no re-sending (merged, stale, or job gone)."""
         shard = self._shard(job_id, index)
         if shard is None or shard.done:
             return True
+        if shard.recovered and not shard.leases and shard.attempt == attempt:
+            return False  # we still want that result
         return not any(lease.attempt == attempt for lease in shard.leases.values())
 
     def running(self, provider_id: str) -> set[str]:
@@ -138,11 +147,40 @@ class Scheduler:
         p = self.providers.get(ev.provider_id)
         if p is None:
             return []
-        p.last_seen, p.state = ev.now, "ready"
+        if p.state != "draining":
+            p.state = "ready"
+        p.last_seen = ev.now
+        held = set()
         for job_id, index in p.leases:  # a heartbeat listing a task renews its lease
             lease = self.jobs[job_id].shards[index].leases[ev.provider_id]
-            if key_of(job_id, index, lease.attempt) in ev.running:
+            key = key_of(job_id, index, lease.attempt)
+            held.add(key)
+            if key in ev.running:
                 lease.accepted = True
+        for key in ev.running - held:
+            self._adopt(p, key, ev.now)
+        return []
+
+    def _adopt(self, p: _Provider, key: str, now: float) -> None:
+        """After a head restart, a provider still computing a recovered shard keeps it."""
+        try:
+            job_id, index, attempt = parse_key(key)
+        except ValueError:
+            return
+        shard = self._shard(job_id, index)
+        if shard is None or shard.done or not shard.recovered or shard.leases or shard.attempt != attempt:
+            return
+        job = self.jobs[job_id]
+        if index in job.pending:
+            job.pending.remove(index)
+        lease = _Lease(p.provider_id, attempt, now, now, accepted=True)
+        shard.leases[p.provider_id] = lease
+        p.leases.add((job_id, index))
+
+    def _on_provider_draining(self, ev: ProviderDraining) -> list[Action]:
+        p = self.providers.get(ev.provider_id)
+        if p is not None:
+            p.state = "draining"  # finishes what it holds, gets nothing new
         return []
 
     def _on_provider_left(self, ev: ProviderLeft) -> list[Action]:
@@ -171,7 +209,7 @@ class Scheduler:
         self._seq += 1
         job = _Job(ev.job_id, ev.task_type, ev.priority, self._seq)
         self.jobs[ev.job_id] = job
-        self._add_shards(job, ev.indices, ev.attempts)
+        self._add_shards(job, ev.indices, ev.attempts, ev.recovered)
         return []
 
     def _on_shards_added(self, ev: ShardsAdded) -> list[Action]:
@@ -181,9 +219,9 @@ class Scheduler:
         return []
 
     @staticmethod
-    def _add_shards(job: _Job, indices: list[int], attempts: dict[int, int] | None) -> None:
+    def _add_shards(job: _Job, indices, attempts: dict[int, int] | None, recovered: bool = False) -> None:
         for i in indices:
-            job.shards[i] = _Shard(i, attempt=(attempts or {}).get(i, 0))
+            job.shards[i] = _Shard(i, attempt=(attempts or {}).get(i, 0), recovered=recovered)
             job.pending.append(i)
 
     def _on_job_cancelled(self, ev: JobCancelled) -> list[Action]:
@@ -214,8 +252,11 @@ class Scheduler:
         if not self.lease_holder(ev.job_id, ev.index, ev.attempt, ev.provider_id):
             return []  # stale attempt, lost lease or duplicate: fenced off
         job, shard = self.jobs[ev.job_id], self.jobs[ev.job_id].shards[ev.index]
-        lease = shard.leases[ev.provider_id]
-        job.durations.append(max(0.0, ev.now - lease.started))
+        lease = shard.leases.get(ev.provider_id)
+        if lease is None:  # an adopted result from before a head restart
+            job.pending.remove(ev.index)
+        else:
+            job.durations.append(max(0.0, ev.now - lease.started))
         shard.done = True
         job.done += 1
         actions: list[Action] = [Merge(ev.job_id, ev.index, ev.attempt, ev.provider_id)]
@@ -232,16 +273,19 @@ class Scheduler:
         if not self.lease_holder(ev.job_id, ev.index, ev.attempt, ev.provider_id):
             return []
         job, shard = self.jobs[ev.job_id], self.jobs[ev.job_id].shards[ev.index]
+        if ev.provider_id not in shard.leases:
+            return []  # an outbox failure from before a head restart: the shard is pending anyway
         self._release(ev.provider_id, ev.job_id, ev.index)
         shard.leases.pop(ev.provider_id)
         shard.failures += 1
         if shard.failures >= self.config.max_attempts:
             return [*self._remove_job(ev.job_id),
                     JobFailed(ev.job_id, f"shard {ev.index} failed {shard.failures} times; last error: {ev.error}")]
+        shard.excluded.add(ev.provider_id)
         if not shard.leases:
             shard.attempt += 1
-            shard.excluded.add(ev.provider_id)
             job.pending.appendleft(ev.index)
+            return [Republish(ev.job_id, ev.index, shard.attempt, None, reason="failed")]
         return []
 
     def _release(self, provider_id: str, job_id: str, index: int) -> None:

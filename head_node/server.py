@@ -26,6 +26,8 @@ from head_node.events import (
     SchedulerConfig, ShardsAdded, Tick, task_id_of,
 )
 from head_node.jobs import Job
+from head_node.journal import Journal
+from head_node.recovery import recover
 from head_node.providers import ProviderChannel
 from head_node.scheduler import Scheduler
 
@@ -48,12 +50,15 @@ class HeadNode:
         ))
         self.jobs: dict[str, Job] = {}
         self.counters: Counter[str] = Counter()
+        self.journal = Journal(config.data_dir / "journal.sqlite")
+        self._unjournaled: dict[str, list[tuple[int, str]]] = {}  # merged shards awaiting a group commit
         self.ctx = zmq.Context()
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.sockets: dict[str, zmq.Socket] = {}
         self.providers = ProviderChannel(self)
         self.api = ClientApi(self)
+        recover(self)
 
     # -- sockets -------------------------------------------------------------
 
@@ -115,8 +120,8 @@ class HeadNode:
         self._stop.set()
 
     def close(self) -> None:
-        for job in self.jobs.values():
-            job.files.flush()
+        self.commit_done()
+        self.journal.close()
         for sock in self.sockets.values():
             sock.close(linger=0)
         self.sockets.clear()
@@ -126,6 +131,16 @@ class HeadNode:
     def tick(self) -> None:
         self.apply(self.sched.handle(Tick(time.monotonic())))
         self.providers.send_probes()
+        self.commit_done()
+
+    def commit_done(self) -> None:
+        """Group commit: flush merged outputs to disk, then record those shards done in one transaction."""
+        if not self._unjournaled:
+            return
+        batch, self._unjournaled = self._unjournaled, {}
+        for job_id in batch:
+            self.jobs[job_id].files.flush()
+        self.journal.shards_done([(job_id, i, name) for job_id, done in batch.items() for i, name in done])
 
     def _serve_request(self, sock: zmq.Socket, handlers: dict[MsgType, Handler]) -> None:
         frames = recv_frames(sock)
@@ -185,9 +200,9 @@ class HeadNode:
             elif kind is Merge:
                 self._merge(action, result)
             elif kind is JobRoundDone:
-                self._next_round(self.jobs[action.job_id])
+                self.apply_round_done(self.jobs[action.job_id])
             elif kind is JobFailed:
-                self._finish(self.jobs[action.job_id], "failed", action.error)
+                self.finish(self.jobs[action.job_id], "failed", action.error)
             elif kind is ProviderDead:
                 self.providers.mark_dead(action.provider_id)
 
@@ -196,6 +211,7 @@ class HeadNode:
         shard = job.shards[a.index]
         if job.status == "queued":
             job.status, job.started_at = "running", time.time()
+            self.journal.update_job(job)
         msg = protocol.Task(task_id=task_id_of(job.job_id, a.index), job_id=job.job_id, attempt=a.attempt,
                             task_type=job.task_type, index=a.index, params=shard.params,
                             arrays=job.task.inputs(job, shard))
@@ -210,6 +226,7 @@ class HeadNode:
         job = self.jobs.get(a.job_id)
         if job is not None:
             job.reruns += 1
+            self.journal.shard_attempt(a.job_id, a.index, a.attempt)
         self.counters["reassignments"] += 1
         self.log.info("task.requeued", job_id=a.job_id, task_id=task_id_of(a.job_id, a.index),
                       attempt=a.attempt, reason=a.reason)
@@ -220,29 +237,33 @@ class HeadNode:
             job.task.merge(job, job.shards[a.index], result.arrays if result else {})
         except Exception as e:  # a provider's wrong answer fails the job, not the head
             self.sched.finish_job(job.job_id)
-            self._finish(job, "failed", f"merging shard {a.index} from provider {a.provider_id}: {e}")
+            self.finish(job, "failed", f"merging shard {a.index} from provider {a.provider_id}: {e}")
             return
         job.done += 1
-        self.providers.count_done(a.provider_id, job)
+        name = self.providers.count_done(a.provider_id, job)
+        self._unjournaled.setdefault(job.job_id, []).append((a.index, name))
 
-    def _next_round(self, job: Job) -> None:
+    def apply_round_done(self, job: Job) -> None:
         if job.finished:
             return
         try:
             shards = job.task.next_round(job)
         except Exception as e:
             self.sched.finish_job(job.job_id)
-            self._finish(job, "failed", f"planning round {job.round + 1}: {e}")
+            self.finish(job, "failed", f"planning round {job.round + 1}: {e}")
             return
         if shards:
             indices = job.add_shards(shards)
+            self.journal.add_round(job, shards)
             self.apply(self.sched.handle(ShardsAdded(time.monotonic(), job.job_id, tuple(indices))))
         else:
             self.sched.finish_job(job.job_id)
-            self._finish(job, "succeeded")
+            self.finish(job, "succeeded")
 
-    def _finish(self, job: Job, status: str, error: str = "") -> None:
+    def finish(self, job: Job, status: str, error: str = "") -> None:
+        self.commit_done()
         job.finish(status, error)
+        self.journal.update_job(job)
         self.counters[f"jobs_{status}"] += 1
         self.log.info("job.finished", job_id=job.job_id, status=status, error=error or None,
                       elapsed=round(job.summary()["elapsed"], 4), shards=len(job.shards))

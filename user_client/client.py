@@ -11,11 +11,13 @@ import zmq
 
 from common import protocol
 from common.config import DEFAULT_PORT_BASE, HeadAddress, env_default
-from common.errors import JobCancelled, JobFailed
+from common.errors import JobCancelled, JobFailed, TransportError
+from common.logs import get_logger
 from common.reqclient import ReqChannel
 
 DEFAULT_HEAD = f"tcp://127.0.0.1:{DEFAULT_PORT_BASE}"
 _TERMINAL = ("succeeded", "failed", "cancelled")
+log = get_logger(__name__)
 
 
 class Client:
@@ -97,11 +99,21 @@ class JobHandle:
 
     def wait(self, timeout: float | None = None,
              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Poll until the job ends; raises ``TimeoutError``, ``JobFailed`` or ``JobCancelled``."""
+        """Poll until the job ends; raises ``TimeoutError``, ``JobFailed`` or ``JobCancelled``.
+
+        An unreachable head (restarting, say) does not end the wait: the job is journaled there.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
-            summary = self.status()
+            try:
+                summary = self.status()
+            except TransportError as e:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"job {self.id}: head unreachable until the timeout ({e})") from e
+                log.warning("job.head_unreachable", job_id=self.id, error=str(e))
+                time.sleep(0.5)
+                continue
             if on_progress is not None:
                 on_progress(summary)
             if summary["status"] == "failed":

@@ -43,12 +43,14 @@ class LocalCluster:
 
     # -- processes -----------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as log:
-            return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                    stdin=subprocess.DEVNULL)
+            # own session: a terminal's Ctrl-C reaches only us, and we stop the children in order
+            return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                    env={**self.env, **(env or {})},
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.data_dir / "logs" / f"{name}.log"
@@ -57,11 +59,7 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         base = free_port_base()
         self.address = HeadAddress("127.0.0.1", base)
-        common = ["--log-level", self.log_level, "--log-json", "--heartbeat-interval", str(self.heartbeat_interval)]
-        common += ["--insecure"] if self.insecure else []
-        self.head = self._spawn("head", [
-            "-m", "head_node", "start", "--data-dir", str(self.data_dir / "head"), "--bind", "127.0.0.1",
-            "--port-base", str(base), "--dead-after", str(self.dead_after), *common, *self.head_args])
+        self.start_head()
         for _ in range(self.n_providers):
             self.add_provider()
         try:
@@ -71,7 +69,21 @@ class LocalCluster:
             raise
         return self
 
-    def add_provider(self, *extra: str) -> subprocess.Popen:
+    def start_head(self) -> subprocess.Popen:
+        """Start the head (again, after ``kill_head``: same ports, same data dir, so it recovers its jobs)."""
+        self.head = self._spawn("head", [
+            "-m", "head_node", "start", "--data-dir", str(self.data_dir / "head"), "--bind", "127.0.0.1",
+            "--port-base", str(self.address.base), "--dead-after", str(self.dead_after),
+            "--log-level", self.log_level, "--log-json", "--heartbeat-interval", str(self.heartbeat_interval),
+            *(["--insecure"] if self.insecure else []), *self.head_args])
+        return self.head
+
+    def kill_head(self) -> None:
+        """SIGKILL the head, as a crash would."""
+        self.head.kill()
+        self.head.wait()
+
+    def add_provider(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start one more provider process (it gets its own data dir, so its own id)."""
         i = len(self.providers)
         proc = self._spawn(f"provider-{i}", [
@@ -79,7 +91,7 @@ class LocalCluster:
             "--data-dir", str(self.data_dir / f"provider-{i}"), "--name", f"local-{i}",
             "--slots", str(self.slots), "--blas-threads", str(self.blas_threads),
             "--log-level", self.log_level, "--log-json", "--heartbeat-interval", str(self.heartbeat_interval),
-            *(["--insecure"] if self.insecure else []), *self.provider_args, *extra])
+            *(["--insecure"] if self.insecure else []), *self.provider_args, *extra], env=env)
         self.providers.append(proc)
         return proc
 
@@ -108,18 +120,19 @@ class LocalCluster:
         return Client(self.address, insecure=self.insecure, **kwargs)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM everything (providers first, so they deregister), then SIGKILL what lingers."""
-        procs = [p for p in [*self.providers, self.head] if p is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """SIGTERM providers (they drain and deregister while the head still answers), then the head;
+        SIGKILL whatever lingers past ``timeout``."""
+        for group in (self.providers, [self.head] if self.head is not None else []):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for proc in group:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

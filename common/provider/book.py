@@ -79,3 +79,9 @@ class TaskBook:
     def busy(self) -> bool:
         with self._lock:
             return bool(self._running)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing awaiting the head's acknowledgement."""
+        with self._lock:
+            return not self._running and not self._outbox

@@ -19,6 +19,7 @@ import zmq
 from common import __version__, protocol
 from common.config import ProviderConfig
 from common.errors import DecodeError, ZComputeError
+from common.faults import FAULTS
 from common.logs import get_logger
 from common.protocol import MsgType
 from common.provider.book import TaskBook
@@ -31,7 +32,7 @@ from common.tasks import TaskType, load_task_types
 
 log = get_logger("provider")
 RESEND_AFTER_BEATS = 3  # an unacknowledged result is pushed again after this many heartbeat intervals
-DRAIN_SECONDS = 30.0
+DRAIN_SECONDS = 30.0  # longest a graceful stop waits for running shards to finish and be acknowledged
 
 
 def measure_gflops(seconds: float = 0.05, n: int = 256) -> float:
@@ -68,6 +69,7 @@ class Provider:
         self._wake_url = f"inproc://wake-{self.id}"
         self._local = threading.local()
         self._new_epoch = threading.Event()
+        self.draining = threading.Event()
         self._executor = ThreadPoolExecutor(config.slots, thread_name_prefix="slot")
         self.gflops = 0.0
         self.heartbeat: HeartbeatThread | None = None
@@ -88,7 +90,11 @@ class Provider:
                 self._shutdown()
 
     def stop(self) -> None:
-        self.stop_event.set()
+        """First call: drain (finish held shards, report them, take nothing new). Second call: stop now."""
+        if self.draining.is_set():
+            self.stop_event.set()
+        self.draining.set()
+        log.info("provider.draining", provider_id=self.id)
 
     def _open_sockets(self) -> None:
         head, limits = self.config.head, self.config.limits
@@ -123,7 +129,8 @@ class Provider:
         self.heartbeat = HeartbeatThread(
             self.ctx, self.config.head.url("heartbeat"), self.id, self.book,
             interval=self.interval, timeout=max(t.request_timeout, self.interval), on_unknown=self._on_unknown,
-            on_cancel=self.book.cancel, stop=self.stop_event, limits=self.config.limits)
+            on_cancel=self.book.cancel, stop=self.stop_event, limits=self.config.limits,
+            draining_fn=self.draining.is_set)
         self.heartbeat.epoch = self.epoch
         self.heartbeat.start()
 
@@ -137,7 +144,12 @@ class Provider:
         handlers = {MsgType.TASK: self._on_task, MsgType.CANCEL_TASK: self._on_cancel, MsgType.PROBE: self._on_probe}
         resend_after = RESEND_AFTER_BEATS * self.interval
         next_resend = time.monotonic() + resend_after
+        drain_deadline = None
         while not self.stop_event.is_set():
+            if self.draining.is_set():
+                drain_deadline = drain_deadline or time.monotonic() + DRAIN_SECONDS
+                if self.book.idle or time.monotonic() > drain_deadline:
+                    break
             ready = dict(poller.poll(100))
             if self.sub in ready:
                 self._drain_sub(handlers)
@@ -155,10 +167,6 @@ class Provider:
                 next_resend = time.monotonic() + resend_after
 
     def _shutdown(self) -> None:
-        deadline = time.monotonic() + DRAIN_SECONDS
-        while self.book.busy and time.monotonic() < deadline and self.registered.is_set():
-            time.sleep(0.05)  # graceful drain: let running shards finish and report
-            self._flush_results()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self.registered.is_set():
             try:
@@ -196,6 +204,8 @@ class Provider:
 
     def _on_task(self, msg: protocol.Task) -> None:
         key = task_key(msg)
+        if self.draining.is_set():
+            return  # not accepted: the head re-publishes it elsewhere once we deregister
         accepted = protocol.Accepted(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt)
         if msg.task_type not in self.tasks:
             self._send(protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
@@ -214,6 +224,8 @@ class Provider:
             self.book.finish(key, protocol.Ok())  # dropped: cancelled while it waited
             return
         start = time.perf_counter()
+        if FAULTS.delay.get("compute"):
+            time.sleep(FAULTS.delay["compute"])  # a slow provider, for fault tests
         try:
             out = self.tasks[msg.task_type].compute(msg.params, msg.arrays, self.device.torch_name)
             reply: protocol.Message = protocol.Result(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,

@@ -35,18 +35,18 @@ def test_idle_provider_killed_is_marked_dead_and_a_new_one_joins(make_cluster):
 
 
 def test_auto_splits_over_decompose_and_faster_provider_takes_more(make_cluster):
-    cluster = make_cluster(1, slots=1)
-    cluster.add_provider("--slots", "3")
+    cluster = make_cluster(0)
+    cluster.add_provider(env={"ZCOMPUTE_FAULTS": "delay:compute=0.5"})  # local-0: slow
+    cluster.add_provider("--slots", "2")  # local-1: fast, two slots
     cluster.wait_for_providers(2)
     with cluster.client() as c:
-        providers = {p["name"]: p for p in c.providers()}
-        assert providers["local-1"]["slots"] == 3
+        assert {p["name"]: p["slots"] for p in c.providers()} == {"local-0": 1, "local-1": 2}
         a = np.random.default_rng(1).standard_normal((400, 200))
         job = c.matmul(a, a.T, splits="auto")
         np.testing.assert_allclose(job.result(timeout=30), a @ a.T, rtol=1e-10)
         summary = job.status()
-    assert summary["total"] == 2 * 4  # AUTO_SHARDS_PER_SLOT x ready slots
-    assert summary["shards_by_provider"]["local-1"] > summary["shards_by_provider"]["local-0"]
+    assert summary["total"] == 2 * 3  # AUTO_SHARDS_PER_SLOT x ready slots
+    assert summary["shards_by_provider"]["local-1"] >= 5
 
 
 def test_cancel_a_running_job(make_cluster):
