@@ -87,7 +87,8 @@ def encode_array(name: str, arr: np.ndarray, policy: str = "auto") -> tuple[dict
         arr = arr.astype(arr.dtype.newbyteorder("<")) if arr.dtype.byteorder == ">" else arr
         if arr.dtype.str not in ALLOWED_DTYPES:
             raise DecodeError(f"array {name!r}: dtype {arr.dtype} cannot travel (allowed: numeric and bool)")
-    arr = np.ascontiguousarray(arr)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)  # (ascontiguousarray alone would turn a 0-d array into 1-d)
     codec = choose_codec(arr, policy)
     if codec == "zstd":
         payload: Any = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(_shuffle(arr))
@@ -104,7 +105,7 @@ def check_array_meta(meta: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, n
     name, dtype, shape, codec, nbytes = (meta.get(k) for k in ("name", "dtype", "shape", "codec", "nbytes"))
     if not isinstance(name, str) or not name or len(name) > 128:
         raise DecodeError("array entry has no valid name")
-    if dtype not in ALLOWED_DTYPES:
+    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
         raise DecodeError(f"array {name!r}: dtype {dtype!r} is not allowed")
     if codec not in CODECS:
         raise DecodeError(f"array {name!r}: unknown codec {codec!r}")
@@ -118,7 +119,7 @@ def check_array_meta(meta: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, n
         elements *= d
     if elements > limits.max_array_elements:
         raise DecodeError(f"array {name!r}: {elements} elements exceeds the limit of {limits.max_array_elements}")
-    if nbytes != elements * dt.itemsize:
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes != elements * dt.itemsize:
         raise DecodeError(f"array {name!r}: shape {shape} of {dtype} is {elements * dt.itemsize} bytes, header says {nbytes!r}")
     return name, dt, tuple(shape), codec, nbytes
 

@@ -31,9 +31,10 @@ class HeadAddress:
     @classmethod
     def parse(cls, text: str) -> "HeadAddress":
         """``tcp://HOST[:BASE]``; a bare ``HOST[:BASE]`` is accepted too."""
+        text = text.strip()
         if "://" not in text:
             text = "tcp://" + text
-        m = _ADDRESS.match(text.strip())
+        m = _ADDRESS.match(text)
         if not m:
             raise ConfigError(f"head address {text!r} is not of the form tcp://HOST[:PORT]")
         base = int(m["port"]) if m["port"] else DEFAULT_PORT_BASE
@@ -73,6 +74,9 @@ class HeadConfig:
     timing: Timing = field(default_factory=Timing)
     limits: Limits = field(default_factory=Limits)
     max_attempts: int = 3  # a shard failing this often fails its job
+    speculate: bool = True  # copy straggling shards to idle providers
+    speculate_after: float = 0.75  # fraction of a job done before it speculates
+    straggler_factor: float = 1.2  # a shard running this many times the job's mean shard time straggles
     max_queued_jobs_per_client: int = 100
     max_shards_per_job: int = 100_000
     compression: str = "auto"  # raw | zstd | auto

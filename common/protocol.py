@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-from common.codec import DEFAULT_LIMITS, Limits, decode_array, encode_array
+from common.codec import DEFAULT_LIMITS, Limits, check_array_meta, decode_array, encode_array
 from common.errors import DecodeError
 
 VERSION = 1
@@ -56,6 +56,8 @@ class MsgType(str, enum.Enum):
     JOB_LIST = "job_list"
     LIST_PROVIDERS = "list_providers"
     PROVIDER_LIST = "provider_list"
+    STATS = "stats"
+    STATS_REPLY = "stats_reply"
     # replies on any REQ/REP socket
     OK = "ok"
     ERROR = "error"
@@ -120,6 +122,7 @@ class Heartbeat(Message):
     load: float = 0.0
     memory_used: int = 0
     draining: bool = False  # shutting down: finishing what it holds, wants nothing new
+    computed: int = 0  # shards this provider process has computed since it started
 
 
 @dataclass(kw_only=True)
@@ -277,6 +280,18 @@ class ProviderList(Message):
 
 
 @dataclass(kw_only=True)
+class Stats(Message):
+    type = MsgType.STATS
+
+
+@dataclass(kw_only=True)
+class StatsReply(Message):
+    type = MsgType.STATS_REPLY
+    epoch: str
+    counters: dict  # event name -> count since this head started
+
+
+@dataclass(kw_only=True)
 class Ok(Message):
     type = MsgType.OK
 
@@ -393,6 +408,8 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
     if len(metas) > limits.max_arrays or len(metas) != len(frames) - 1:
         raise DecodeError(f"header lists {len(metas)} arrays but {len(frames) - 1} frames follow")
     fields = _FIELDS[mtype]
+    if not all(isinstance(k, str) for k in body):
+        raise DecodeError(f"{mtype.value}: body keys must be strings")
     unknown = set(body) - set(fields)
     if unknown:
         raise DecodeError(f"{mtype.value}: unknown fields {sorted(unknown)}")
@@ -405,6 +422,9 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
     for name, value in body.items():
         if not _check_type(value, fields[name]):
             raise DecodeError(f"{mtype.value}: field {name!r} has the wrong type")
+    decoded_total = sum(check_array_meta(meta, limits)[4] for meta in metas)
+    if decoded_total > limits.max_message_bytes:  # compressed frames may not expand past the limit either
+        raise DecodeError(f"arrays decode to {decoded_total} bytes, over the limit of {limits.max_message_bytes}")
     arrays = {}
     for meta, frame in zip(metas, frames[1:]):
         name, arr = decode_array(meta, getattr(frame, "buffer", frame), limits)

@@ -11,7 +11,7 @@ from common.errors import QueueFullError, UnknownJobError, ValidationError
 from common.protocol import MsgType
 from head_node.events import JobAdded, JobCancelled
 from head_node.jobs import Job
-from head_node.store import JobFiles
+from head_node.store import SAFE_ARRAY_NAME, JobFiles
 
 if TYPE_CHECKING:
     from head_node.server import HeadNode
@@ -32,6 +32,7 @@ class ClientApi:
             MsgType.CANCEL_JOB: self._on_cancel,
             MsgType.LIST_JOBS: self._on_list_jobs,
             MsgType.LIST_PROVIDERS: self._on_list_providers,
+            MsgType.STATS: self._on_stats,
         }
 
     def _idempotent(self, handler):
@@ -70,6 +71,9 @@ class ClientApi:
         if waiting >= head.config.max_queued_jobs_per_client:
             raise QueueFullError(f"queue full: {waiting} unfinished jobs (limit "
                                  f"{head.config.max_queued_jobs_per_client}); wait for some to finish")
+        bad = [name for name in msg.arrays if not SAFE_ARRAY_NAME.match(name)]
+        if bad:
+            raise ValidationError(f"array names must be letters, digits, '_' or '-' (1-64 characters): {bad}")
         params = task.validate(msg.params, msg.arrays)
         job_id = protocol.new_id()[:12]
         files = JobFiles(head.config.data_dir / "jobs" / job_id)
@@ -121,3 +125,6 @@ class ClientApi:
 
     def _on_list_providers(self, msg: protocol.ListProviders) -> protocol.Message:
         return protocol.ProviderList(providers=self.head.providers.summaries())
+
+    def _on_stats(self, msg: protocol.Stats) -> protocol.Message:
+        return protocol.StatsReply(epoch=self.head.epoch, counters=dict(self.head.counters))

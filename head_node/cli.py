@@ -36,6 +36,13 @@ def cli() -> None:
               show_default=True, help="Re-publish an assignment not accepted within this many seconds.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=3, envvar=opt.env("MAX_ATTEMPTS"),
               show_default=True, help="Failures of one shard that fail its job.")
+@click.option("--speculate/--no-speculate", default=True, envvar=opt.env("SPECULATE"), show_default=True,
+              help="Copy straggling shards to idle providers; the first result wins.")
+@click.option("--speculate-after", type=click.FloatRange(0, 1), default=0.75, envvar=opt.env("SPECULATE_AFTER"),
+              show_default=True, help="Fraction of a job's shards done before stragglers are copied.")
+@click.option("--straggler-factor", type=click.FloatRange(1, 1000), default=1.2,
+              envvar=opt.env("STRAGGLER_FACTOR"), show_default=True,
+              help="A shard running this many times the job's mean shard time is a straggler.")
 @click.option("--max-queued-jobs", type=click.IntRange(1, 10**6), default=100, envvar=opt.env("MAX_QUEUED_JOBS"),
               show_default=True, help="Unfinished jobs one client may have before submit says 'queue full'.")
 @click.option("--max-message-mb", type=click.IntRange(1, 1 << 20), default=2048, envvar=opt.env("MAX_MESSAGE_MB"),
@@ -46,7 +53,7 @@ def cli() -> None:
 @opt.log_level
 @opt.log_json
 def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_after, ack_timeout, max_attempts,
-          max_queued_jobs, max_message_mb, compression, insecure, log_level, log_json):
+          speculate, speculate_after, straggler_factor, max_queued_jobs, max_message_mb, compression, insecure, log_level, log_json):
     """Serve until stopped (Ctrl-C or SIGTERM closes cleanly)."""
     from head_node.server import HeadNode
 
@@ -56,6 +63,7 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
         timing=Timing(heartbeat_interval=heartbeat_interval, liveness=liveness, dead_after=dead_after,
                       ack_timeout=ack_timeout),
         limits=Limits(max_message_bytes=max_message_mb * 1024 * 1024), max_attempts=max_attempts,
+        speculate=speculate, speculate_after=speculate_after, straggler_factor=straggler_factor,
         max_queued_jobs_per_client=max_queued_jobs, compression=compression,
     )
     head = HeadNode(config)

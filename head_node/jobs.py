@@ -37,6 +37,7 @@ class Job:
     done: int = 0
     round: int = 0
     reruns: int = 0
+    speculated: int = 0
     by_provider: Counter = field(default_factory=Counter)
 
     # -- JobView ---------------------------------------------------------------
@@ -82,6 +83,7 @@ class Job:
             "total": len(self.shards),
             "round": self.round,
             "reruns": self.reruns,
+            "speculated": self.speculated,
             "submitted_at": self.submitted_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -90,8 +90,8 @@ class ProviderChannel:
         info = self.registry.get(msg.provider_id)
         if info is None or msg.epoch != self.head.epoch or info.state in ("dead", "left"):
             return protocol.HeartbeatReply(epoch=self.head.epoch, known=False)
-        info.last_seen, info.free_slots, info.load, info.memory_used = (
-            time.time(), msg.free_slots, msg.load, msg.memory_used)
+        info.last_seen, info.free_slots, info.load, info.memory_used, info.computed = (
+            time.time(), msg.free_slots, msg.load, msg.memory_used, msg.computed)
         sched = self.head.sched
         if info.state in ("ready", "draining"):
             if msg.draining and info.state != "draining":
@@ -99,8 +99,11 @@ class ProviderChannel:
                 self.log.info("provider.draining", provider_id=msg.provider_id, name=info.name)
                 sched.handle(ProviderDraining(time.monotonic(), msg.provider_id))
             self.head.apply(sched.handle(ProviderSeen(time.monotonic(), msg.provider_id, frozenset(msg.running))))
+        if msg.outbox:
+            self.head.commit_done()  # acknowledge only results that are journaled
         held = sched.running(msg.provider_id)
-        cancel = [k for k in msg.running if k not in held]
+        # a joining provider's work may still be adopted once it is ready: cancel nothing yet
+        cancel = [k for k in msg.running if k not in held] if info.state != "joining" else []
         acked = [k for k in msg.outbox if self._settled(k)]
         return protocol.HeartbeatReply(epoch=self.head.epoch, known=True, acked=acked, cancel=cancel)
 
@@ -124,6 +127,7 @@ class ProviderChannel:
         return cls(time.monotonic(), job_id, index, msg.attempt, msg.provider_id, **extra)
 
     def _on_accepted(self, msg: protocol.Accepted) -> None:
+        self.head.counters["tasks_accepted"] += 1
         self.head.apply(self.head.sched.handle(self._task_event(TaskAccepted, msg)))
 
     def _on_progress(self, msg: protocol.Progress) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ class ProviderInfo:
     load: float = 0.0
     memory_used: int = 0
     shards_done: int = 0
+    computed: int = 0  # as the provider reports it: shards it computed since it started
     probe_id: str = ""
     probe_next: float = 0.0
 
@@ -49,14 +51,19 @@ class ProviderInfo:
             "free_slots": self.free_slots, "gflops": self.gflops, "torch": self.torch,
             "task_types": self.task_types, "version": self.version, "state": self.state,
             "load": self.load, "memory_used": self.memory_used, "shards_done": self.shards_done,
+            "computed": self.computed,
             "last_seen": self.last_seen, "registered_at": self.registered_at,
         }
 
 
+_PROVIDER_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
 def check_register(msg: Register) -> str | None:
     """A reason to refuse a registration, or None."""
-    if not msg.provider_id or len(msg.provider_id) > 64:
-        return "provider_id must be 1 to 64 characters"
+    if not _PROVIDER_ID.match(msg.provider_id):
+        # fixed length: PUB/SUB matches topics by prefix, so no id may be a prefix of another
+        return "provider_id must be 32 lowercase hex digits (a uuid4 hex)"
     if not 1 <= msg.slots <= 256:
         return "slots must be from 1 to 256"
     if not msg.task_types:

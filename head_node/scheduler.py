@@ -302,7 +302,7 @@ class Scheduler:
             if silent > cfg.dead_after:
                 actions.append(ProviderDead(p.provider_id))
                 actions.extend(self._drop_provider(p, ev.now, exclude=True))
-            elif silent > cfg.liveness * cfg.heartbeat_interval:
+            elif silent > cfg.liveness * cfg.heartbeat_interval and p.state != "draining":
                 p.state = "suspect"
         for p in self.providers.values():
             for job_id, index in p.leases:
@@ -321,7 +321,7 @@ class Scheduler:
         for job, index in leased:
             shard = job.shards[index]
             if (len(shard.leases) != 1 or index in job.speculated or not job.durations
-                    or job.done < cfg.speculate_after * len(job.shards)):
+                    or job.done <= cfg.speculate_after * len(job.shards)):
                 continue
             (holder, lease), = shard.leases.items()
             if now - lease.started <= cfg.straggler_factor * (sum(job.durations) / len(job.durations)):

@@ -46,7 +46,8 @@ class HeadNode:
         t = config.timing
         self.sched = Scheduler(SchedulerConfig(
             heartbeat_interval=t.heartbeat_interval, liveness=t.liveness, dead_after=t.dead_after,
-            ack_timeout=t.ack_timeout, max_attempts=config.max_attempts,
+            ack_timeout=t.ack_timeout, max_attempts=config.max_attempts, speculate=config.speculate,
+            speculate_after=config.speculate_after, straggler_factor=config.straggler_factor,
         ))
         self.jobs: dict[str, Job] = {}
         self.counters: Counter[str] = Counter()
@@ -146,13 +147,13 @@ class HeadNode:
         frames = recv_frames(sock)
         envelope, body = split_envelope(frames)
         reply: protocol.Message
+        msg = None
         try:
             msg = protocol.decode(body, limits=self.config.limits)
             handler = handlers.get(msg.type)
             if handler is None:
                 raise RequestError(f"message type {msg.type.value!r} is not accepted on this socket", "bad_message")
             reply = handler(msg)
-            reply.id = msg.id
         except DecodeError as e:
             self.reject("bad_message", str(e))
             reply = protocol.Error(code="bad_message", message=str(e))
@@ -163,6 +164,8 @@ class HeadNode:
             self.log.exception("head.handler_error", error=repr(e))
             self.counters["internal_errors"] += 1
             reply = protocol.Error(code="internal", message=f"internal error: {e!r}")
+        if msg is not None:
+            reply.id = msg.id  # a resent request (Lazy Pirate) and its answer share the id
         try:
             send(sock, reply, envelope=envelope, compression=self.config.compression)
         except TransportError as e:
@@ -221,6 +224,7 @@ class HeadNode:
         self.log.debug(event, job_id=job.job_id, task_id=msg.task_id, attempt=a.attempt, provider_id=a.provider_id)
         if getattr(a, "speculative", False):
             self.counters["speculative_launches"] += 1
+            job.speculated += 1
 
     def _requeued(self, a: Republish) -> None:
         job = self.jobs.get(a.job_id)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SAFE_ARRAY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class JobFiles:
@@ -25,7 +25,7 @@ class JobFiles:
         self._outputs: dict[str, np.ndarray] = {}
 
     def _path(self, kind: str, name: str) -> Path:
-        if not _SAFE_NAME.match(name):
+        if not SAFE_ARRAY_NAME.match(name):
             raise ValueError(f"array name {name!r} is not a safe file name")
         return self.root / f"{kind}-{name}.npy"
 

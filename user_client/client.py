@@ -67,6 +67,11 @@ class Client:
     def providers(self) -> list[dict[str, Any]]:
         return self.request(protocol.ListProviders()).providers
 
+    def stats(self) -> dict[str, Any]:
+        """The head's counters since it started (rejections, reassignments, speculative launches...)."""
+        reply = self.request(protocol.Stats())
+        return {"epoch": reply.epoch, **reply.counters}
+
     def close(self) -> None:
         self._channel.close()
         self._ctx.term()

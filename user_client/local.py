@@ -28,10 +28,10 @@ class LocalCluster:
                  data_dir: str | Path | None = None, heartbeat_interval: float = 0.5, dead_after: float = 5.0,
                  log_level: str = "warning", head_args: list[str] | None = None,
                  provider_args: list[str] | None = None, env: dict[str, str] | None = None,
-                 start_timeout: float = 60.0):
+                 start_timeout: float = 60.0, host: str = "127.0.0.1"):
         self.n_providers, self.slots, self.blas_threads = providers, slots, blas_threads
         self.insecure, self.heartbeat_interval, self.dead_after = insecure, heartbeat_interval, dead_after
-        self.log_level, self.start_timeout = log_level, start_timeout
+        self.log_level, self.start_timeout, self.host = log_level, start_timeout, host
         self.head_args, self.provider_args = head_args or [], provider_args or []
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="zcompute-"))
@@ -43,12 +43,13 @@ class LocalCluster:
 
     # -- processes -----------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+               wrapper: list[str] | None = None) -> subprocess.Popen:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as log:
             # own session: a terminal's Ctrl-C reaches only us, and we stop the children in order
-            return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+            return subprocess.Popen([*(wrapper or []), sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
                                     env={**self.env, **(env or {})},
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -57,8 +58,8 @@ class LocalCluster:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def start(self) -> "LocalCluster":
-        base = free_port_base()
-        self.address = HeadAddress("127.0.0.1", base)
+        base = free_port_base(self.host)
+        self.address = HeadAddress(self.host, base)
         self.start_head()
         for _ in range(self.n_providers):
             self.add_provider()
@@ -72,7 +73,7 @@ class LocalCluster:
     def start_head(self) -> subprocess.Popen:
         """Start the head (again, after ``kill_head``: same ports, same data dir, so it recovers its jobs)."""
         self.head = self._spawn("head", [
-            "-m", "head_node", "start", "--data-dir", str(self.data_dir / "head"), "--bind", "127.0.0.1",
+            "-m", "head_node", "start", "--data-dir", str(self.data_dir / "head"), "--bind", self.host,
             "--port-base", str(self.address.base), "--dead-after", str(self.dead_after),
             "--log-level", self.log_level, "--log-json", "--heartbeat-interval", str(self.heartbeat_interval),
             *(["--insecure"] if self.insecure else []), *self.head_args])
@@ -83,15 +84,19 @@ class LocalCluster:
         self.head.kill()
         self.head.wait()
 
-    def add_provider(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        """Start one more provider process (it gets its own data dir, so its own id)."""
+    def add_provider(self, *extra: str, env: dict[str, str] | None = None,
+                     wrapper: list[str] | None = None) -> subprocess.Popen:
+        """Start one more provider process (it gets its own data dir, so its own id).
+
+        ``wrapper`` prefixes the command (``["ip", "netns", "exec", "ns1"]`` runs it in a namespace).
+        """
         i = len(self.providers)
         proc = self._spawn(f"provider-{i}", [
             "-m", "common.provider", "start", "--head", str(self.address),
             "--data-dir", str(self.data_dir / f"provider-{i}"), "--name", f"local-{i}",
             "--slots", str(self.slots), "--blas-threads", str(self.blas_threads),
             "--log-level", self.log_level, "--log-json", "--heartbeat-interval", str(self.heartbeat_interval),
-            *(["--insecure"] if self.insecure else []), *self.provider_args, *extra], env=env)
+            *(["--insecure"] if self.insecure else []), *self.provider_args, *extra], env=env, wrapper=wrapper)
         self.providers.append(proc)
         return proc
 

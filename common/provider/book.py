@@ -26,6 +26,7 @@ class TaskBook:
         self._running: set[str] = set()
         self._cancelled: set[str] = set()
         self._outbox: dict[str, _Sent] = {}
+        self.computed = 0  # shards finished by this process (a plain int: only workers add, under the lock)
 
     def start(self, key: str) -> bool:
         """Record an accepted task; False if we already hold it (a re-published assignment)."""
@@ -39,6 +40,8 @@ class TaskBook:
         """Move a task to the outbox; False when it was cancelled meanwhile (drop the result)."""
         with self._lock:
             self._running.discard(key)
+            if not isinstance(msg, protocol.Ok):  # Ok marks a task dropped before it ran
+                self.computed += 1
             if key in self._cancelled:
                 self._cancelled.discard(key)
                 return False

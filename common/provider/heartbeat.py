@@ -39,7 +39,7 @@ class HeartbeatThread(threading.Thread):
         running, outbox, free = self.book.snapshot()
         msg = protocol.Heartbeat(provider_id=self.provider_id, epoch=self.epoch, running=running, outbox=outbox,
                                  free_slots=free, load=_load(), memory_used=_rss(), token=self.token_fn(),
-                                 draining=self.draining_fn())
+                                 draining=self.draining_fn(), computed=self.book.computed)
         try:
             reply = self.channel.request(msg)
         except ZComputeError as e:  # the channel reopens its socket; the next beat tries again

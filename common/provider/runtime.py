@@ -184,8 +184,11 @@ class Provider:
 
     def _drain_sub(self, handlers) -> None:
         while self.sub.poll(0):
+            frames = recv_frames(self.sub)
+            if frames[0].bytes != self.id.encode():
+                continue  # SUB matches by prefix: not ours
             try:
-                msg = protocol.decode(recv_frames(self.sub), topic=True, limits=self.config.limits)
+                msg = protocol.decode(frames, topic=True, limits=self.config.limits)
             except DecodeError as e:
                 log.warning("message.rejected", provider_id=self.id, error=str(e))
                 continue

@@ -39,7 +39,7 @@ def parse_splits(value: Any) -> tuple[int, int] | str:
             nums = [int(p) for p in parts]
         except ValueError:
             raise ValidationError(f"splits {value!r} is not 'auto', N or RxC") from None
-        value = nums
+        value = nums[0] if len(nums) == 1 else nums
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value, 1]
     if (not isinstance(value, (list, tuple)) or len(value) != 2

@@ -114,3 +114,14 @@ def test_concurrent_start_is_exclusive():
     for t in threads:
         t.join(timeout=10)
     assert sorted(wins) == [False] * 7 + [True]
+
+
+def test_idle_means_nothing_running_and_nothing_owed():
+    book = TaskBook(slots=1)
+    assert book.idle and not book.busy
+    book.start("j.0#0")
+    assert not book.idle and book.busy
+    book.finish("j.0#0", result("j.0#0"))
+    assert not book.idle and not book.busy  # the result awaits the head's acknowledgement
+    book.acknowledge(["j.0#0"])
+    assert book.idle

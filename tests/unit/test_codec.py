@@ -17,7 +17,8 @@ _FLOATS = ["float16", "float32", "float64", "complex64", "complex128"]
 
 
 @settings(max_examples=100, deadline=None)
-@given(hnp.arrays(st.sampled_from(_FLOATS).map(np.dtype), hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=20)))
+@given(hnp.arrays(st.sampled_from(_FLOATS).map(np.dtype),
+                  hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=20)))
 def test_shuffle_round_trip(arr):
     shuffled = codec._shuffle(arr)
     assert len(shuffled) == arr.nbytes

@@ -31,7 +31,8 @@ def fake_torch(cuda: int = 0, mps: bool = False, cuda_raises: bool = False, mps_
         device_count=lambda: cuda,
         get_device_properties=lambda i: SimpleNamespace(name=f"NVIDIA RTX {4090 - i}", total_memory=(24 - i) * GiB),
     )
-    backends = SimpleNamespace(mps=SimpleNamespace(is_available=mps_available)) if has_mps_backend else SimpleNamespace()
+    mps_ns = SimpleNamespace(is_available=mps_available)
+    backends = SimpleNamespace(mps=mps_ns) if has_mps_backend else SimpleNamespace()
     return SimpleNamespace(cuda=cuda_ns, backends=backends)
 
 

@@ -99,8 +99,6 @@ def test_parse_splits_accepts(value, want):
     assert parse_splits(value) == want
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the CLI documents '--splits 4' (a row count) but passes the string "
-                                       "'4', which parse_splits refuses")
 def test_parse_splits_accepts_a_row_count_as_text():
     assert parse_splits("4") == (4, 1)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from head_node.events import (
-    Assign, Cancel, JobAdded, JobCancelled, JobFailed, JobRoundDone, Merge, ProviderDead, ProviderLeft,
-    ProviderReady, ProviderSeen, Republish, SchedulerConfig, ShardsAdded, TaskAccepted, TaskFailed,
+    Assign, Cancel, JobAdded, JobCancelled, JobFailed, JobRoundDone, Merge, ProviderDead, ProviderDraining,
+    ProviderLeft, ProviderReady, ProviderSeen, Republish, SchedulerConfig, ShardsAdded, TaskAccepted, TaskFailed,
     TaskSucceeded, Tick, key_of, parse_key, parse_task_id, task_id_of,
 )
 from head_node.scheduler import Scheduler
@@ -428,3 +428,69 @@ def test_straggler_factor_is_configurable(factor):
     # shard 4 has run since t=0 and the mean shard took 1 s
     assert s.handle(Tick(factor)) == []
     assert s.handle(Tick(factor + 0.05)) == [Assign("j", 4, 0, "p2", speculative=True)]
+
+
+# -- draining and head restart ---------------------------------------------------------------
+
+
+def test_draining_provider_finishes_its_work_but_gets_nothing_new():
+    s = make()
+    ready(s, "p1", slots=2)
+    add_job(s, "j", 1)
+    assert s.handle(ProviderDraining(1.0, "p1")) == []
+    assert s.ready_slots("noop") == 0
+    assert add_job(s, "k", 1, now=1.1) == []
+    s.handle(ProviderSeen(1.5, "p1", frozenset({"j.0#0"})))  # a heartbeat does not make it ready again
+    assert assigned(s.handle(Tick(1.6))) == []
+    assert ok(s, "j", 0, 0, "p1", now=2.0) == [Merge("j", 0, 0, "p1"), JobRoundDone("j")]
+    assert assigned(ready(s, "p2", now=2.5)) == [("k", 0, 0, "p2")]
+
+
+def test_draining_provider_stays_draining_after_a_missed_heartbeat():
+    s = make()
+    ready(s, "p1")
+    s.handle(ProviderDraining(0.5, "p1"))
+    s.handle(Tick(3.5))  # missed heartbeats
+    s.handle(ProviderSeen(4.0, "p1"))
+    assert add_job(s, "j", 1, now=4.1) == []
+
+
+def _recovered(s: Scheduler) -> None:
+    """The head restarted: job j comes back from the journal with shard 0 at attempt 2 and no providers yet."""
+    assert s.handle(JobAdded(100.0, "j", "noop", (0, 1), 0, {0: 2, 1: 0}, recovered=True)) == []
+
+
+def test_recovered_shard_accepts_an_outbox_result_of_the_journaled_attempt():
+    s = make()
+    _recovered(s)
+    assert not s.settled("j", 0, 2)  # the head still wants that result
+    assert s.settled("j", 0, 1)  # an older attempt is stale
+    assert s.lease_holder("j", 0, 2, "p9")
+    assert ok(s, "j", 0, 1, "p9", now=101.0) == []
+    assert ok(s, "j", 0, 2, "p9", now=101.0) == [Merge("j", 0, 2, "p9")]
+    assert s.settled("j", 0, 2)
+    # the merged shard is no longer pending: a new provider only gets shard 1
+    assert assigned(ready(s, "p1", slots=2, now=102.0)) == [("j", 1, 0, "p1")]
+
+
+def test_recovered_shards_are_leased_out_and_not_adopted_twice():
+    s = make()
+    _recovered(s)
+    ready(s, "p1", slots=1, now=101.0)  # shard 0 is leased out at once, to p1
+    assert s.running("p1") == {"j.0#2"}
+    ready(s, "p2", slots=2, now=101.0)
+    assert s.running("p2") == {"j.1#0"}
+    # a provider that re-registers later reports a recovered shard nobody holds: nothing to adopt
+    s.handle(ProviderSeen(102.0, "p2", frozenset({"j.0#2"})))
+    assert s.running("p2") == {"j.1#0"}
+
+
+def test_provider_seen_adopts_a_pending_recovered_shard():
+    s = make()
+    s.handle(ProviderReady(100.0, "p1", 1, ("other",)))  # registered, but supports no noop work
+    _recovered(s)
+    s.handle(ProviderSeen(101.0, "p1", frozenset({"j.0#2", "j.1#5", "garbage", "x.0#0"})))
+    assert s.running("p1") == {"j.0#2"}
+    assert ok(s, "j", 0, 2, "p1", now=102.0) == [Merge("j", 0, 2, "p1")]
+    # a failure of a recovered attempt that nobody holds is dropped (the shard is pending anyway)
+    assert s.handle(TaskFailed(102.0, "j", 1, 0, "p7", error="old")) == []
