@@ -71,6 +71,8 @@ class HeadConfig:
     bind_host: str = "0.0.0.0"
     port_base: int = DEFAULT_PORT_BASE
     insecure: bool = False
+    allow_any_key: bool = False  # admit any CURVE key (tokens are still required)
+    advertise: str = ""  # the address written into join strings; default tcp://HOSTNAME:BASE
     timing: Timing = field(default_factory=Timing)
     limits: Limits = field(default_factory=Limits)
     max_attempts: int = 3  # a shard failing this often fails its job
@@ -88,6 +90,7 @@ class HeadConfig:
 @dataclass(frozen=True)
 class ProviderConfig:
     head: HeadAddress
+    join: object = None  # common.security.Join: keys and token for a secured head
     data_dir: Path = DEFAULT_DATA_DIR / "provider"
     name: str = ""
     slots: int = 1  # shards computed at once

@@ -23,10 +23,11 @@ _DEFAULT = object()
 class ReqChannel:
     def __init__(self, ctx: zmq.Context, url: str, *, timeout: float = 5.0, retries: int | None = 3,
                  limits: Limits = DEFAULT_LIMITS, curve: CurveKeys | None = None, compression: str = "auto",
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, token: str | None = None):
         self.ctx, self.url, self.timeout, self.retries = ctx, url, timeout, retries
         self.limits, self.curve, self.compression = limits, curve, compression
         self.stop = stop or threading.Event()
+        self.token = token  # put on every request that carries none
         self._sock: zmq.Socket | None = None
 
     def _socket(self) -> zmq.Socket:
@@ -45,6 +46,8 @@ class ReqChannel:
         """Send ``msg`` and return the reply; ``retries=None`` retries until ``stop`` is set."""
         timeout = self.timeout if timeout is None else timeout
         retries = self.retries if retries is _DEFAULT else retries
+        if msg.token is None:
+            msg.token = self.token
         attempt = 0
         while not self.stop.is_set():
             sock = self._socket()

@@ -14,10 +14,10 @@ from head_node.jobs import Job
 from head_node.store import SAFE_ARRAY_NAME, JobFiles
 
 if TYPE_CHECKING:
+    from head_node.auth import Principal
     from head_node.server import HeadNode
 
 _REMEMBERED_REPLIES = 4096
-ANONYMOUS = "anonymous"
 
 
 class ClientApi:
@@ -37,27 +37,29 @@ class ClientApi:
 
     def _idempotent(self, handler):
         """A resent request (same id, Lazy Pirate) gets the first answer, and runs once."""
-        def wrapper(msg: protocol.Message) -> protocol.Message:
-            if msg.id in self._replies:
-                return self._replies[msg.id]
-            reply = handler(msg)
-            self._replies[msg.id] = reply
+        def wrapper(msg: protocol.Message, principal: "Principal") -> protocol.Message:
+            key = f"{principal.name}:{msg.id}"  # one peer cannot replay another's request id
+            if key in self._replies:
+                return self._replies[key]
+            reply = handler(msg, principal)
+            self._replies[key] = reply
             while len(self._replies) > _REMEMBERED_REPLIES:
                 self._replies.popitem(last=False)
             return reply
         return wrapper
 
-    def _job(self, job_id: str) -> Job:
+    def _job(self, job_id: str, principal: "Principal") -> Job:
         job = self.head.jobs.get(job_id)
-        if job is None:
-            raise UnknownJobError(f"no job {job_id!r}")
+        if job is None or not (principal.sees_all or job.owner == principal.name):
+            raise UnknownJobError(f"no job {job_id!r}")  # someone else's job does not exist for you
         return job
 
     # -- handlers ----------------------------------------------------------------
 
-    def _on_submit(self, msg: protocol.Submit) -> protocol.Message:
+    def _on_submit(self, msg: protocol.Submit, principal: "Principal") -> protocol.Message:
         head = self.head
-        earlier = head.journal.job_for_request(msg.id)
+        request_key = f"{principal.name}:{msg.id}"
+        earlier = head.journal.job_for_request(request_key)
         if earlier is not None:  # resent after a head restart: the job was accepted already
             return protocol.Submitted(job_id=earlier)
         task = head.tasks.get(msg.task_type)
@@ -66,7 +68,7 @@ class ClientApi:
         providers = [p for p in head.providers.registry.values() if p.state == "ready"]
         if providers and not any(msg.task_type in p.task_types for p in providers):
             raise ValidationError(f"no ready provider supports task type {msg.task_type!r}")
-        owner = ANONYMOUS
+        owner = principal.name
         waiting = sum(1 for j in head.jobs.values() if j.owner == owner and not j.finished)
         if waiting >= head.config.max_queued_jobs_per_client:
             raise QueueFullError(f"queue full: {waiting} unfinished jobs (limit "
@@ -92,7 +94,7 @@ class ClientApi:
             raise
         indices = job.add_shards(shards)
         try:
-            head.journal.add_job(job, request_id=msg.id)
+            head.journal.add_job(job, request_id=request_key)
         except Exception:
             files.delete()
             raise
@@ -103,28 +105,29 @@ class ClientApi:
                                               priority=msg.priority)))
         return protocol.Submitted(job_id=job_id)
 
-    def _on_status(self, msg: protocol.Status) -> protocol.Message:
-        return protocol.JobStatus(job=self._job(msg.job_id).summary())
+    def _on_status(self, msg: protocol.Status, principal: "Principal") -> protocol.Message:
+        return protocol.JobStatus(job=self._job(msg.job_id, principal).summary())
 
-    def _on_fetch(self, msg: protocol.Fetch) -> protocol.Message:
-        job = self._job(msg.job_id)
+    def _on_fetch(self, msg: protocol.Fetch, principal: "Principal") -> protocol.Message:
+        job = self._job(msg.job_id, principal)
         arrays = job.task.outputs(job) if job.status == "succeeded" else {}
         reply = protocol.JobResult(job=job.summary(), meta=dict(job.state), arrays=arrays)
         return reply
 
-    def _on_cancel(self, msg: protocol.CancelJob) -> protocol.Message:
-        job = self._job(msg.job_id)
+    def _on_cancel(self, msg: protocol.CancelJob, principal: "Principal") -> protocol.Message:
+        job = self._job(msg.job_id, principal)
         if not job.finished:
             self.head.apply(self.head.sched.handle(JobCancelled(time.monotonic(), job.job_id)))
             self.head.finish(job, "cancelled")
         return protocol.JobStatus(job=job.summary())
 
-    def _on_list_jobs(self, msg: protocol.ListJobs) -> protocol.Message:
-        jobs = [j.summary() for j in self.head.jobs.values() if msg.state in (None, j.status)]
+    def _on_list_jobs(self, msg: protocol.ListJobs, principal: "Principal") -> protocol.Message:
+        jobs = [j.summary() for j in self.head.jobs.values() if msg.state in (None, j.status)
+                and (principal.sees_all or j.owner == principal.name)]
         return protocol.JobList(jobs=jobs)
 
-    def _on_list_providers(self, msg: protocol.ListProviders) -> protocol.Message:
+    def _on_list_providers(self, msg: protocol.ListProviders, principal: "Principal") -> protocol.Message:
         return protocol.ProviderList(providers=self.head.providers.summaries())
 
-    def _on_stats(self, msg: protocol.Stats) -> protocol.Message:
+    def _on_stats(self, msg: protocol.Stats, principal: "Principal") -> protocol.Message:
         return protocol.StatsReply(epoch=self.head.epoch, counters=dict(self.head.counters))

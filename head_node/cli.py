@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
 import signal
+import time
 from pathlib import Path
 
 import click
 
 from common import cli_options as opt
 from common.codec import Limits
-from common.config import DEFAULT_DATA_DIR, DEFAULT_PORT_BASE, HeadConfig, Timing
-from common.errors import TransportError
+from common.config import DEFAULT_DATA_DIR, DEFAULT_PORT_BASE, HeadAddress, HeadConfig, Timing
+from common.errors import ConfigError, TransportError
+from common.security import ROLES
+from head_node.keystore import KeyStore, default_advertise
 from common.lifecycle import watch_parent
 from common.logs import get_logger, setup_logging
 
@@ -49,11 +53,16 @@ def cli() -> None:
               show_default=True, help="Largest message accepted on any socket, in MiB.")
 @click.option("--compression", type=click.Choice(["auto", "raw", "zstd"]), default="auto",
               envvar=opt.env("COMPRESSION"), show_default=True, help="Array compression on the wire.")
+@click.option("--allow-any-key", is_flag=True, envvar=opt.env("ALLOW_ANY_KEY"),
+              help="Admit any CURVE key (every message still needs a valid token).")
+@click.option("--advertise", default="", envvar=opt.env("ADVERTISE"),
+              help="Address written into join strings, tcp://HOST[:BASE] (default: this host's name).")
 @opt.insecure
 @opt.log_level
 @opt.log_json
 def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_after, ack_timeout, max_attempts,
-          speculate, speculate_after, straggler_factor, max_queued_jobs, max_message_mb, compression, insecure, log_level, log_json):
+          speculate, speculate_after, straggler_factor, max_queued_jobs, max_message_mb, compression, allow_any_key,
+          advertise, insecure, log_level, log_json):
     """Serve until stopped (Ctrl-C or SIGTERM closes cleanly)."""
     from head_node.server import HeadNode
 
@@ -64,7 +73,8 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
                       ack_timeout=ack_timeout),
         limits=Limits(max_message_bytes=max_message_mb * 1024 * 1024), max_attempts=max_attempts,
         speculate=speculate, speculate_after=speculate_after, straggler_factor=straggler_factor,
-        max_queued_jobs_per_client=max_queued_jobs, compression=compression,
+        max_queued_jobs_per_client=max_queued_jobs, compression=compression, allow_any_key=allow_any_key,
+        advertise=advertise,
     )
     head = HeadNode(config)
     try:
@@ -76,6 +86,87 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
     watch_parent(head.stop)
     get_logger("head").info("head.start", data_dir=str(config.data_dir), insecure=insecure)
     head.serve_forever()
+
+
+data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR,
+                               envvar=opt.env("DATA_DIR"), show_default=True, help="The head's data dir.")
+
+
+def _store(data_dir: Path) -> KeyStore:
+    store = KeyStore(data_dir.expanduser())
+    try:
+        store.require_init()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    return store
+
+
+@cli.command(epilog="Example: head-node init --data-dir ~/.zcompute --advertise tcp://10.0.0.5:5555")
+@data_dir_option
+@click.option("--advertise", default="", help="Address peers will use, tcp://HOST[:BASE] (default: host name).")
+@click.option("--port-base", type=click.IntRange(1, 65530), default=DEFAULT_PORT_BASE, show_default=True)
+def init(data_dir, advertise, port_base):
+    """Create the head's CURVE keys, token-signing secret and admin token (once; safe to re-run)."""
+    store = KeyStore(data_dir.expanduser())
+    address = default_advertise(HeadConfig(data_dir=store.data_dir, port_base=port_base, advertise=advertise))
+    if store.init(address) is None:
+        click.echo(f"{store.data_dir} is already initialized (head address {store.address})")
+        return
+    click.echo(f"initialized {store.data_dir}: keys in keys/, peers in peers.json (all secrets 0600)")
+    click.echo(f"head address in join strings: {address} (change with --advertise)")
+    click.echo(f"admin join string: {store.data_dir / 'admin.join'}  (user-client --join @{store.data_dir / 'admin.join'})")
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 3600, 90m, 12h or 30d") from None
+
+
+@cli.command(epilog="Example: head-node invite --role provider --name mac-mini --ttl 30d")
+@data_dir_option
+@click.option("--role", type=click.Choice(ROLES), required=True, help="What the peer may do.")
+@click.option("--name", required=True, help="The peer's name (jobs are owned by it; revoke by it).")
+@click.option("--ttl", default="365d", show_default=True, help="Token lifetime: seconds, or 90m, 12h, 30d.")
+@click.option("--advertise", default="", help="Head address for this join string (default: the one from init).")
+def invite(data_dir, role, name, ttl, advertise):
+    """Print one join string for a new peer: head address and key, the peer's key pair and token."""
+    store = _store(data_dir)
+    try:
+        join = store.invite(role, name, _duration(ttl), HeadAddress.parse(advertise) if advertise else None)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(join.encode())
+    click.echo(f"# {role} {name!r} may join {join.head}; give it: "
+               f"{'provider start' if role == 'provider' else 'user-client'} --join <the line above>", err=True)
+
+
+@cli.command(epilog="Example: head-node revoke mac-mini")
+@data_dir_option
+@click.argument("name_or_token_id")
+def revoke(data_dir, name_or_token_id):
+    """Revoke every token of a peer (by name) or one token (by id); the running head refuses it at once."""
+    revoked = _store(data_dir).revoke(name_or_token_id)
+    if not revoked:
+        raise click.ClickException(f"no live token named or numbered {name_or_token_id!r}")
+    for peer in revoked:
+        click.echo(f"revoked {peer['role']} {peer['name']!r} (token {peer['jti']})")
+
+
+@cli.command(epilog="Example: head-node peers")
+@data_dir_option
+def peers(data_dir):
+    """List who holds a token: name, role, token id, expiry, revoked."""
+    rows = _store(data_dir).read_peers()
+    click.echo(f"{'NAME':<20} {'ROLE':<9} {'TOKEN ID':<33} {'EXPIRES':<17} STATE")
+    for jti, p in sorted(rows.items(), key=lambda kv: kv[1]["issued"]):
+        expires = datetime.datetime.fromtimestamp(p["exp"]).strftime("%Y-%m-%d %H:%M")
+        state = "revoked" if p["revoked"] else ("expired" if p["exp"] < time.time() else "active")
+        click.echo(f"{p['name']:<20} {p['role']:<9} {jti:<33} {expires:<17} {state}")
 
 
 def main() -> None:

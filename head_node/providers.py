@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from common import protocol
-from common.errors import RequestError
+from common.errors import AuthError, RequestError
 from common.protocol import MsgType
 from head_node.events import (
     ProviderDraining, ProviderLeft, ProviderReady, ProviderSeen, TaskAccepted, TaskFailed, TaskSucceeded,
@@ -15,6 +15,7 @@ from head_node.events import (
 from head_node.registry import ProviderInfo, check_register
 
 if TYPE_CHECKING:
+    from head_node.auth import Principal
     from head_node.jobs import Job
     from head_node.server import HeadNode
 
@@ -39,11 +40,20 @@ class ProviderChannel:
 
     # -- registration ----------------------------------------------------------
 
-    def _on_register(self, msg: protocol.Register) -> protocol.Message:
+    def _owned(self, provider_id: str, principal: "Principal") -> ProviderInfo | None:
+        """The provider's record, if this peer may speak for it (its registering peer, or anyone when insecure)."""
+        info = self.registry.get(provider_id)
+        if info is not None and info.owner != principal.name:
+            raise AuthError(f"provider {provider_id} belongs to another peer")
+        return info
+
+    def _on_register(self, msg: protocol.Register, principal: "Principal") -> protocol.Message:
         reason = check_register(msg)
         if reason:
             raise RequestError(f"registration refused: {reason}", "invalid")
+        self._owned(msg.provider_id, principal)
         info = ProviderInfo.from_register(msg)
+        info.owner = principal.name
         info.probe_id = protocol.new_id()
         self.registry[msg.provider_id] = info
         self.log.info("provider.registered", provider_id=msg.provider_id, name=info.name, platform=msg.platform,
@@ -52,8 +62,8 @@ class ProviderChannel:
         return protocol.Registered(provider_id=msg.provider_id, epoch=self.head.epoch,
                                    heartbeat_interval=self.head.config.timing.heartbeat_interval)
 
-    def _on_deregister(self, msg: protocol.Deregister) -> protocol.Message:
-        info = self.registry.get(msg.provider_id)
+    def _on_deregister(self, msg: protocol.Deregister, principal: "Principal") -> protocol.Message:
+        info = self._owned(msg.provider_id, principal)
         if info is not None:
             info.state = "left"
             self.head.apply(self.head.sched.handle(ProviderLeft(time.monotonic(), msg.provider_id)))
@@ -67,8 +77,8 @@ class ProviderChannel:
                 info.probe_next = now + self.head.config.timing.probe_interval
                 self.head.publish(info.provider_id, protocol.Probe(probe_id=info.probe_id))
 
-    def _on_probe_ack(self, msg: protocol.ProbeAck) -> None:
-        info = self.registry.get(msg.provider_id)
+    def _on_probe_ack(self, msg: protocol.ProbeAck, principal: "Principal") -> None:
+        info = self._owned(msg.provider_id, principal)
         if info is None or info.state != "joining" or msg.probe_id != info.probe_id:
             return
         info.state, info.last_seen = "ready", time.time()
@@ -86,8 +96,8 @@ class ProviderChannel:
 
     # -- heartbeats ------------------------------------------------------------
 
-    def _on_heartbeat(self, msg: protocol.Heartbeat) -> protocol.Message:
-        info = self.registry.get(msg.provider_id)
+    def _on_heartbeat(self, msg: protocol.Heartbeat, principal: "Principal") -> protocol.Message:
+        info = self._owned(msg.provider_id, principal)
         if info is None or msg.epoch != self.head.epoch or info.state in ("dead", "left"):
             return protocol.HeartbeatReply(epoch=self.head.epoch, known=False)
         info.last_seen, info.free_slots, info.load, info.memory_used, info.computed = (
@@ -116,8 +126,8 @@ class ProviderChannel:
 
     # -- results ---------------------------------------------------------------
 
-    def _task_event(self, cls, msg, **extra):
-        info = self.registry.get(msg.provider_id)
+    def _task_event(self, cls, msg, principal, **extra):
+        info = self._owned(msg.provider_id, principal)
         if info is None:
             raise RequestError(f"{msg.type.value} from unknown provider {msg.provider_id!r}")
         try:
@@ -126,15 +136,15 @@ class ProviderChannel:
             raise RequestError(f"{msg.type.value}: malformed task id {msg.task_id!r}") from None
         return cls(time.monotonic(), job_id, index, msg.attempt, msg.provider_id, **extra)
 
-    def _on_accepted(self, msg: protocol.Accepted) -> None:
+    def _on_accepted(self, msg: protocol.Accepted, principal: "Principal") -> None:
         self.head.counters["tasks_accepted"] += 1
-        self.head.apply(self.head.sched.handle(self._task_event(TaskAccepted, msg)))
+        self.head.apply(self.head.sched.handle(self._task_event(TaskAccepted, msg, principal)))
 
-    def _on_progress(self, msg: protocol.Progress) -> None:
-        self._task_event(TaskAccepted, msg)  # validates only; progress is informational
+    def _on_progress(self, msg: protocol.Progress, principal: "Principal") -> None:
+        self._task_event(TaskAccepted, msg, principal)  # validates only; progress is informational
 
-    def _on_result(self, msg: protocol.Result) -> None:
-        event = self._task_event(TaskSucceeded, msg)
+    def _on_result(self, msg: protocol.Result, principal: "Principal") -> None:
+        event = self._task_event(TaskSucceeded, msg, principal)
         if not self.head.sched.lease_holder(event.job_id, event.index, event.attempt, event.provider_id):
             self.head.counters["results_fenced"] += 1
             self.log.info("task.result_dropped", job_id=event.job_id, task_id=msg.task_id,
@@ -144,8 +154,8 @@ class ProviderChannel:
                        provider_id=msg.provider_id, elapsed=round(msg.elapsed, 4))
         self.head.apply(self.head.sched.handle(event), result=msg)
 
-    def _on_failure(self, msg: protocol.Failure) -> None:
-        event = self._task_event(TaskFailed, msg, error=msg.error)
+    def _on_failure(self, msg: protocol.Failure, principal: "Principal") -> None:
+        event = self._task_event(TaskFailed, msg, principal, error=msg.error)
         self.head.counters["task_failures"] += 1
         self.log.warning("task.failed", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
                          provider_id=msg.provider_id, error=msg.error)

@@ -23,6 +23,7 @@ class ProviderInfo:
     torch: bool
     task_types: list[str]
     version: str
+    owner: str = ""  # the peer (token subject) that registered it; only it may speak for this provider
     state: str = "joining"  # joining -> ready -> suspect -> dead | left
     registered_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)

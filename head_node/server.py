@@ -15,12 +15,14 @@ import zmq
 
 from common import protocol
 from common.config import HeadConfig
-from common.errors import DecodeError, RequestError, TransportError
+from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
 from common.protocol import MsgType
 from common.sockets import make_socket, recv_frames, send, split_envelope
 from common.tasks import TaskType, load_task_types
 from head_node.api import ClientApi
+from head_node.auth import HeadAuth, user_id
+from head_node.keystore import KeyStore, default_advertise
 from head_node.events import (
     Assign, Cancel, JobFailed, JobRoundDone, Merge, ProviderDead, Republish,
     SchedulerConfig, ShardsAdded, Tick, task_id_of,
@@ -57,6 +59,12 @@ class HeadNode:
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.sockets: dict[str, zmq.Socket] = {}
+        self.keystore = KeyStore(config.data_dir)
+        if not config.insecure and not self.keystore.initialized:
+            self.keystore.init(default_advertise(config))
+            self.log.info("head.initialized", data_dir=str(config.data_dir),
+                          admin_join=str(config.data_dir / "admin.join"))
+        self.auth = HeadAuth(self.keystore, config.insecure, config.allow_any_key)
         self.providers = ProviderChannel(self)
         self.api = ClientApi(self)
         recover(self)
@@ -66,8 +74,12 @@ class HeadNode:
     def bind(self) -> None:
         kinds = {"registration": zmq.ROUTER, "heartbeat": zmq.ROUTER, "tasks": zmq.PUB,
                  "results": zmq.PULL, "api": zmq.ROUTER}
+        self.auth.start(self.ctx)  # the ZAP handler must exist before the first handshake
+        if self.config.insecure:
+            self.log.warning("head.INSECURE", detail="encryption and tokens are OFF: anyone who can reach "
+                             "these ports can submit jobs and read results; use only on a trusted lab network")
         for role, kind in kinds.items():
-            sock = make_socket(self.ctx, kind, limits=self.config.limits, server=True)
+            sock = make_socket(self.ctx, kind, limits=self.config.limits, server=True, curve=self.auth.curve)
             try:
                 sock.bind(self.config.bind_url(role))
             except zmq.ZMQError as e:
@@ -123,6 +135,7 @@ class HeadNode:
     def close(self) -> None:
         self.commit_done()
         self.journal.close()
+        self.auth.stop()
         for sock in self.sockets.values():
             sock.close(linger=0)
         self.sockets.clear()
@@ -153,7 +166,7 @@ class HeadNode:
             handler = handlers.get(msg.type)
             if handler is None:
                 raise RequestError(f"message type {msg.type.value!r} is not accepted on this socket", "bad_message")
-            reply = handler(msg)
+            reply = handler(msg, self.auth.principal(msg, user_id(body[0])))
         except DecodeError as e:
             self.reject("bad_message", str(e))
             reply = protocol.Error(code="bad_message", message=str(e))
@@ -173,11 +186,14 @@ class HeadNode:
 
     def _serve_results(self, sock: zmq.Socket) -> None:
         try:
-            msg = protocol.decode(recv_frames(sock), limits=self.config.limits)
+            frames = recv_frames(sock)
+            msg = protocol.decode(frames, limits=self.config.limits)
             handler = self.providers.result_handlers.get(msg.type)
             if handler is None:
                 raise RequestError(f"message type {msg.type.value!r} is not accepted on the results socket")
-            handler(msg)
+            handler(msg, self.auth.principal(msg, user_id(frames[0])))
+        except AuthError as e:
+            self.reject("auth", str(e))
         except (DecodeError, RequestError) as e:
             self.reject("bad_result", str(e))
         except Exception as e:

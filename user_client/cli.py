@@ -20,21 +20,25 @@ class ClientError(click.ClickException):
 
 
 @click.group(help="zcompute user client: submit work to a head node and collect results.")
-@click.option("--head", envvar=opt.env("HEAD"), default=DEFAULT_HEAD, show_default=True,
-              help="The head node, tcp://HOST[:PORT_BASE].")
+@click.option("--head", envvar=opt.env("HEAD"), default=None,
+              help=f"The head node, tcp://HOST[:PORT_BASE] (default: from --join, else {DEFAULT_HEAD}).")
+@click.option("--join", "join_text", envvar=opt.env("JOIN"),
+              help="Join string from `head-node invite --role client` (or @FILE).")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
               help="Seconds to wait for each reply from the head before retrying.")
 @opt.insecure
 @opt.log_level
 @click.pass_context
-def cli(ctx: click.Context, head: str, timeout: float, insecure: bool, log_level: str) -> None:
+def cli(ctx: click.Context, head: str | None, join_text: str | None, timeout: float, insecure: bool,
+        log_level: str) -> None:
     setup_logging(log_level if log_level != "info" else "warning", json=False)
-    ctx.obj = {"head": head, "timeout": timeout, "insecure": insecure}
+    ctx.obj = {"head": head, "join": join_text, "timeout": timeout, "insecure": insecure}
 
 
 def _client(ctx: click.Context) -> Client:
     try:
-        return Client(ctx.obj["head"], insecure=ctx.obj["insecure"], timeout=ctx.obj["timeout"])
+        return Client(ctx.obj["head"], join=ctx.obj["join"], insecure=ctx.obj["insecure"],
+                      timeout=ctx.obj["timeout"])
     except ConfigError as e:
         raise ClientError(str(e)) from None
 

@@ -11,9 +11,10 @@ import zmq
 
 from common import protocol
 from common.config import DEFAULT_PORT_BASE, HeadAddress, env_default
-from common.errors import JobCancelled, JobFailed, TransportError
+from common.errors import ConfigError, JobCancelled, JobFailed, TransportError
 from common.logs import get_logger
 from common.reqclient import ReqChannel
+from common.security import Join
 
 DEFAULT_HEAD = f"tcp://127.0.0.1:{DEFAULT_PORT_BASE}"
 _TERMINAL = ("succeeded", "failed", "cancelled")
@@ -23,21 +24,34 @@ log = get_logger(__name__)
 class Client:
     """A connection to a head node's client API; safe to share between threads.
 
-    ``head`` is ``tcp://HOST[:PORT_BASE]`` (default: ``$ZCOMPUTE_HEAD`` or
-    ``tcp://127.0.0.1:5555``). Requests time out after ``timeout`` seconds and
-    are resent ``retries`` times on a fresh socket (Lazy Pirate).
+    Credentials: ``join`` is the string from ``head-node invite --role client``
+    (or ``@FILE``; default ``$ZCOMPUTE_JOIN``); it also names the head.
+    ``insecure=True`` talks to a head started with ``--insecure``.
+    ``head`` is ``tcp://HOST[:PORT_BASE]`` (default: the join's address,
+    ``$ZCOMPUTE_HEAD`` or ``tcp://127.0.0.1:5555``). Requests time out after
+    ``timeout`` seconds and are resent ``retries`` times on a fresh socket (Lazy Pirate).
     """
 
-    def __init__(self, head: str | HeadAddress | None = None, *, insecure: bool = False,
-                 timeout: float = 30.0, retries: int = 3, compression: str = "auto"):
+    def __init__(self, head: str | HeadAddress | None = None, *, join: str | Join | None = None,
+                 insecure: bool = False, timeout: float = 30.0, retries: int = 3, compression: str = "auto"):
+        if not join and not insecure:
+            join = env_default("JOIN")
+            if not join:
+                raise ConfigError("no credentials: pass join= (a string from `head-node invite --role client`) "
+                                  "or insecure=True for a head started with --insecure")
+        if isinstance(join, str):
+            join = Join.decode(join)
+        if insecure:
+            join = None
         if not isinstance(head, HeadAddress):
-            head = HeadAddress.parse(head or env_default("HEAD", DEFAULT_HEAD))
-        self.address = head
-        self.insecure = insecure
+            text = head or env_default("HEAD")
+            head = HeadAddress.parse(text) if text else (join.address if join else HeadAddress.parse(DEFAULT_HEAD))
+        self.address, self.insecure, self.join = head, insecure, join
         self._ctx = zmq.Context()
         self._lock = threading.Lock()
         self._channel = ReqChannel(self._ctx, head.url("api"), timeout=timeout, retries=retries,
-                                   compression=compression)
+                                   compression=compression, curve=join.curve if join else None,
+                                   token=join.token if join else None)
 
     def request(self, msg: protocol.Message, **kwargs: Any) -> protocol.Message:
         with self._lock:

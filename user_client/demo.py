@@ -19,7 +19,8 @@ def run_demo(size: int, splits: str, providers: int, insecure: bool = False) -> 
     b = rng.standard_normal((size, size), dtype=np.float32)
     click.echo(f"starting a local cluster: 1 head node, {providers} providers ...")
     with LocalCluster(providers, insecure=insecure) as cluster, cluster.client() as client:
-        click.echo(f"head at {cluster.address}; submitting {size}x{size} float32 matmul split {splits}")
+        click.echo(f"head at {cluster.address} ({'INSECURE' if insecure else 'secured: CurveZMQ + tokens'}); "
+                   f"submitting {size}x{size} float32 matmul split {splits}")
         start = time.perf_counter()
         job = client.matmul(a, b, splits=splits)
         with progress_bar(sys.stderr.isatty()) as update:

@@ -35,11 +35,14 @@ class LocalCluster:
         self.head_args, self.provider_args = head_args or [], provider_args or []
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="zcompute-"))
-        self.env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("ZCOMPUTE_")}  # ours, not the shell's
+        self.env = {**inherited, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
         self.env.setdefault("OMP_NUM_THREADS", str(blas_threads))
         self.head: subprocess.Popen | None = None
         self.providers: list[subprocess.Popen] = []
         self.address: HeadAddress | None = None
+        self.keystore = None
+        self.admin_join = ""
 
     # -- processes -----------------------------------------------------------
 
@@ -60,6 +63,12 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         base = free_port_base(self.host)
         self.address = HeadAddress(self.host, base)
+        if not self.insecure:  # throw-away keys and tokens, made before the head starts
+            from head_node.keystore import KeyStore
+
+            self.keystore = KeyStore(self.data_dir / "head")
+            self.keystore.init(self.address)
+            self.admin_join = (self.data_dir / "head" / "admin.join").read_text().strip()
         self.start_head()
         for _ in range(self.n_providers):
             self.add_provider()
@@ -91,6 +100,9 @@ class LocalCluster:
         ``wrapper`` prefixes the command (``["ip", "netns", "exec", "ns1"]`` runs it in a namespace).
         """
         i = len(self.providers)
+        env = dict(env or {})
+        if not self.insecure:  # the join travels in the environment, not on the command line
+            env.setdefault("ZCOMPUTE_JOIN", self.invite("provider", f"local-{i}"))
         proc = self._spawn(f"provider-{i}", [
             "-m", "common.provider", "start", "--head", str(self.address),
             "--data-dir", str(self.data_dir / f"provider-{i}"), "--name", f"local-{i}",
@@ -119,10 +131,17 @@ class LocalCluster:
                                         f"{self.log_tail('provider-0')}")
                 time.sleep(0.05)
 
-    def client(self, **kwargs: Any) -> Client:
+    def invite(self, role: str, name: str, ttl: float = 7 * 86400) -> str:
+        """A join string for this cluster (secured clusters only)."""
+        return self.keystore.invite(role, name, ttl, self.address).encode()
+
+    def client(self, join: str | None = None, **kwargs: Any) -> Client:
+        """A client; by default with the cluster's admin credentials."""
         if self.address is None:
             raise ZComputeError("the local cluster is not started")
-        return Client(self.address, insecure=self.insecure, **kwargs)
+        if self.insecure:
+            return Client(self.address, insecure=True, **kwargs)
+        return Client(self.address, join=join or self.admin_join, **kwargs)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM providers (they drain and deregister while the head still answers), then the head;

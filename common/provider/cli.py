@@ -16,7 +16,8 @@ from common import cli_options as opt
 from common.config import DEFAULT_DATA_DIR, HeadAddress, ProviderConfig, Timing
 from common.errors import ConfigError
 from common.lifecycle import watch_parent
-from common.logs import setup_logging
+from common.logs import get_logger, setup_logging
+from common.security import Join, write_secret
 
 
 def run_provider(config: ProviderConfig) -> None:
@@ -29,14 +30,36 @@ def run_provider(config: ProviderConfig) -> None:
     provider.run()
 
 
+def resolve_join(join_text: str | None, data_dir: Path, insecure: bool) -> Join | None:
+    """The join to use: ``--join`` (saved to the data dir for restarts), else the saved one."""
+    if insecure:
+        return None
+    saved = data_dir / "join"
+    try:
+        if join_text:
+            join = Join.decode(join_text)
+            write_secret(saved, join.encode() + "\n")
+            return join
+        if saved.exists():
+            return Join.decode(saved.read_text())
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--join") from None
+    raise click.UsageError("this provider has no credentials: pass --join STRING (from `head-node invite "
+                           "--role provider --name NAME`) or --insecure for a head started with --insecure")
+
+
 def make_cli(platform_name: str, default_device: str) -> click.Group:
     @click.group(help=f"zcompute provider ({platform_name}): computes shards for a head node.")
     def cli() -> None:
         pass
 
-    @cli.command(epilog="Example: provider start --head tcp://10.0.0.5:5555 --slots 2")
-    @click.option("--head", envvar=opt.env("HEAD"), default="tcp://127.0.0.1:5555", show_default=True,
-                  help="The head node, tcp://HOST[:PORT_BASE].")
+    @cli.command(epilog="Example: provider start --join zcj1:... --slots 2  (first time; later just `provider "
+                        "start`)")
+    @click.option("--head", envvar=opt.env("HEAD"), default=None,
+                  help="The head node, tcp://HOST[:PORT_BASE] (default: from the join string, else "
+                       "tcp://127.0.0.1:5555).")
+    @click.option("--join", "join_text", envvar=opt.env("JOIN"),
+                  help="Join string from `head-node invite --role provider` (or @FILE); kept in the data dir.")
     @click.option("--data-dir", type=click.Path(path_type=Path), envvar=opt.env("PROVIDER_DATA_DIR"),
                   default=DEFAULT_DATA_DIR / "provider", show_default=True,
                   help="Where the provider keeps its id (one data dir per provider process).")
@@ -51,14 +74,21 @@ def make_cli(platform_name: str, default_device: str) -> click.Group:
     @opt.insecure
     @opt.log_level
     @opt.log_json
-    def start(head, data_dir, name, slots, blas_threads, device, heartbeat_interval, insecure, log_level, log_json):
+    def start(head, join_text, data_dir, name, slots, blas_threads, device, heartbeat_interval, insecure, log_level,
+              log_json):
         """Join the head node and compute shards until stopped (Ctrl-C or SIGTERM drains first)."""
         setup_logging(log_level, log_json)
+        data_dir = data_dir.expanduser()
+        join = resolve_join(join_text, data_dir, insecure)
         try:
-            address = HeadAddress.parse(head)
+            address = HeadAddress.parse(head) if head else (join.address if join else HeadAddress("127.0.0.1"))
         except ConfigError as e:
             raise click.BadParameter(str(e), param_hint="--head") from None
-        config = ProviderConfig(head=address, data_dir=data_dir.expanduser(), name=name, slots=slots,
+        if insecure:
+            get_logger("provider").warning("provider.INSECURE", detail="no encryption, no token: only for a head "
+                                           "started with --insecure on a trusted network")
+        config = ProviderConfig(head=address, join=join, data_dir=data_dir, name=name or (join.name if join else ""),
+                                slots=slots,
                                 blas_threads=blas_threads, device=device, insecure=insecure,
                                 timing=Timing(heartbeat_interval=heartbeat_interval))
         run_provider(config)

@@ -19,13 +19,14 @@ log = get_logger(__name__)
 class HeartbeatThread(threading.Thread):
     def __init__(self, ctx: zmq.Context, url: str, provider_id: str, book: TaskBook, *,
                  interval: float, timeout: float, on_unknown, on_cancel, stop: threading.Event,
-                 limits, curve=None, token_fn=lambda: None, draining_fn=lambda: False):
+                 limits, curve=None, token=None, draining_fn=lambda: False):
         super().__init__(name="heartbeat", daemon=True)
         self.provider_id, self.book, self.interval = provider_id, book, interval
         self.on_unknown, self.on_cancel, self.stop_event = on_unknown, on_cancel, stop
-        self.token_fn, self.draining_fn = token_fn, draining_fn
+        self.draining_fn = draining_fn
         self.epoch = ""
-        self.channel = ReqChannel(ctx, url, timeout=timeout, retries=0, limits=limits, curve=curve, stop=stop)
+        self.channel = ReqChannel(ctx, url, timeout=timeout, retries=0, limits=limits, curve=curve, stop=stop,
+                                  token=token)
         self.last_reply: float | None = None
 
     def run(self) -> None:
@@ -38,7 +39,7 @@ class HeartbeatThread(threading.Thread):
     def beat(self) -> None:
         running, outbox, free = self.book.snapshot()
         msg = protocol.Heartbeat(provider_id=self.provider_id, epoch=self.epoch, running=running, outbox=outbox,
-                                 free_slots=free, load=_load(), memory_used=_rss(), token=self.token_fn(),
+                                 free_slots=free, load=_load(), memory_used=_rss(),
                                  draining=self.draining_fn(), computed=self.book.computed)
         try:
             reply = self.channel.request(msg)

@@ -73,6 +73,9 @@ class Provider:
         self._executor = ThreadPoolExecutor(config.slots, thread_name_prefix="slot")
         self.gflops = 0.0
         self.heartbeat: HeartbeatThread | None = None
+        join = config.join
+        self.curve = join.curve if join is not None else None
+        self.token = join.token if join is not None else None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -98,15 +101,16 @@ class Provider:
 
     def _open_sockets(self) -> None:
         head, limits = self.config.head, self.config.limits
-        self.sub = make_socket(self.ctx, zmq.SUB, limits=limits)
+        self.sub = make_socket(self.ctx, zmq.SUB, limits=limits, curve=self.curve)
         self.sub.setsockopt(zmq.SUBSCRIBE, self.id.encode())
         self.sub.connect(head.url("tasks"))
-        self.push = make_socket(self.ctx, zmq.PUSH, limits=limits)
+        self.push = make_socket(self.ctx, zmq.PUSH, limits=limits, curve=self.curve)
         self.push.connect(head.url("results"))
         self.wake = make_socket(self.ctx, zmq.PULL)
         self.wake.bind(self._wake_url)
         self.reg = ReqChannel(self.ctx, head.url("registration"), timeout=self.config.timing.request_timeout,
-                              retries=None, limits=limits, stop=self.stop_event)
+                              retries=None, limits=limits, stop=self.stop_event, curve=self.curve,
+                              token=self.token)
 
     def _register(self) -> None:
         msg = protocol.Register(
@@ -130,7 +134,7 @@ class Provider:
             self.ctx, self.config.head.url("heartbeat"), self.id, self.book,
             interval=self.interval, timeout=max(t.request_timeout, self.interval), on_unknown=self._on_unknown,
             on_cancel=self.book.cancel, stop=self.stop_event, limits=self.config.limits,
-            draining_fn=self.draining.is_set)
+            draining_fn=self.draining.is_set, curve=self.curve, token=self.token)
         self.heartbeat.epoch = self.epoch
         self.heartbeat.start()
 
@@ -262,6 +266,7 @@ class Provider:
             self._send(msg)
 
     def _send(self, msg: protocol.Message) -> None:
+        msg.token = self.token
         try:
             send(self.push, msg, compression=self.config.compression, flags=zmq.NOBLOCK)
         except ZComputeError as e:  # the outbox pushes results again until the head acknowledges them

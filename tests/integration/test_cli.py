@@ -43,27 +43,36 @@ def test_every_command_explains_itself_with_an_example(command):
 
 
 def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
-    """The several-machines flow on loopback: head-node start, provider start, user-client submit/status/result."""
+    """The several-machines flow on loopback, secured as by default: head-node init/invite/start,
+    provider start --join, user-client --join submit/status/result/jobs/providers/cancel."""
     base = free_port_base()
     head_url = f"tcp://127.0.0.1:{base}"
+    head_dir = str(tmp_path / "head")
+    out = run("head-node", "init", "--data-dir", head_dir, "--advertise", head_url)
+    assert out.returncode == 0 and "initialized" in out.stdout, out.stderr
+    joins = {}
+    for role, name in [("provider", "box0"), ("provider", "box1"), ("client", "alice")]:
+        out = run("head-node", "invite", "--data-dir", head_dir, "--role", role, "--name", name, "--ttl", "1h")
+        assert out.returncode == 0, out.stderr
+        joins[name] = out.stdout.strip()
     env = {PARENT_PID_ENV: str(os.getpid()), "ZCOMPUTE_HEARTBEAT_INTERVAL": "0.2"}
     logs = open(tmp_path / "procs.log", "wb")
-    procs = [subprocess.Popen([str(BIN / "head-node"), "start", "--data-dir", str(tmp_path / "head"),
-                               "--bind", "127.0.0.1", "--port-base", str(base), "--insecure"],
+    procs = [subprocess.Popen([str(BIN / "head-node"), "start", "--data-dir", head_dir,
+                               "--bind", "127.0.0.1", "--port-base", str(base)],
                               stdout=logs, stderr=logs, env={**os.environ, **env})]
     for i in range(2):
-        procs.append(subprocess.Popen([str(BIN / "provider"), "start", "--head", head_url, "--insecure",
-                                       "--data-dir", str(tmp_path / f"p{i}"), "--name", f"box{i}"],
-                                      stdout=logs, stderr=logs, env={**os.environ, **env}))
+        procs.append(subprocess.Popen([str(BIN / "provider"), "start", "--data-dir", str(tmp_path / f"p{i}")],
+                                      stdout=logs, stderr=logs,
+                                      env={**os.environ, **env, "ZCOMPUTE_JOIN": joins[f"box{i}"]}))
     try:
-        with Client(head_url, insecure=True, timeout=2, retries=20) as c:
+        with Client(join=joins["alice"], timeout=2, retries=20) as c:
             wait_until(lambda: len([p for p in c.providers() if p["state"] == "ready"]) == 2, timeout=30)
         rng = np.random.default_rng(3)
         a, b = rng.standard_normal((90, 60)), rng.standard_normal((60, 70))
         np.save(tmp_path / "A.npy", a)
         np.save(tmp_path / "B.npy", b)
-        cenv = {"ZCOMPUTE_HEAD": head_url}
-        out = run("user-client", "--insecure", "submit", "matmul", "--a", str(tmp_path / "A.npy"), "--b",
+        cenv = {"ZCOMPUTE_JOIN": joins["alice"]}
+        out = run("user-client", "submit", "matmul", "--a", str(tmp_path / "A.npy"), "--b",
                   str(tmp_path / "B.npy"), "--splits", "2x2", "--wait", "--out", str(tmp_path / "C.npy"), env=cenv)
         assert out.returncode == 0, out.stderr
         assert "succeeded" in out.stdout and "4 shards" in out.stdout
@@ -76,7 +85,7 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
         assert out.returncode == 0, out.stderr
         np.testing.assert_array_equal(np.load(tmp_path / "C2.npy"), np.load(tmp_path / "C.npy"))
         out = run("user-client", "jobs", env=cenv)
-        assert job_id in out.stdout and "STATUS" in out.stdout
+        assert job_id in out.stdout and "STATUS" in out.stdout and "alice" in out.stdout
         out = run("user-client", "providers", env=cenv)
         assert "box0" in out.stdout and "box1" in out.stdout and "matmul" in out.stdout
         out = run("user-client", "cancel", job_id, env=cenv)
@@ -88,6 +97,8 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
         out = run("user-client", "submit", "matmul", "--a", str(tmp_path / "A.npy"), "--b",
                   str(tmp_path / "bad.npy"), env=cenv)
         assert out.returncode == 1 and "inner dimensions differ" in out.stderr
+        out = run("user-client", "--head", head_url, "jobs", env={"ZCOMPUTE_JOIN": ""})
+        assert out.returncode == 1 and "no credentials" in out.stderr
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -98,7 +109,7 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
 
 
 def test_bad_head_address_is_a_clear_error():
-    out = run("user-client", "--head", "http://nope", "jobs")
+    out = run("user-client", "--insecure", "--head", "http://nope", "jobs")
     assert out.returncode == 1 and "tcp://HOST[:PORT]" in out.stderr
 
 
