@@ -108,7 +108,7 @@ def test_client_gives_up_on_a_dead_head_after_its_retries():
 
     base = free_port_base()
     start = time.monotonic()
-    with Client(f"tcp://127.0.0.1:{base}", timeout=0.2, retries=2) as c:
+    with Client(f"tcp://127.0.0.1:{base}", insecure=True, timeout=0.2, retries=2) as c:
         with pytest.raises(HeadUnreachable, match="after 3 tries"):
             c.providers()
     assert 0.5 < time.monotonic() - start < 5
