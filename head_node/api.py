@@ -130,4 +130,6 @@ class ClientApi:
         return protocol.ProviderList(providers=self.head.providers.summaries())
 
     def _on_stats(self, msg: protocol.Stats, principal: "Principal") -> protocol.Message:
-        return protocol.StatsReply(epoch=self.head.epoch, counters=dict(self.head.counters))
+        counters = dict(self.head.counters)
+        counters["zap_denied"] = self.head.auth.zap_denied
+        return protocol.StatsReply(epoch=self.head.epoch, counters=counters)

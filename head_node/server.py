@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any, Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common import protocol
 from common.config import HeadConfig
@@ -34,6 +35,12 @@ from head_node.providers import ProviderChannel
 from head_node.scheduler import Scheduler
 
 TICK_SECONDS = 0.05
+HANDSHAKE_FAILURES_NAMES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol_mismatch",  # e.g. a peer without CURVE
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "key_not_admitted",  # ZAP said no
+}
+HANDSHAKE_FAILURES = sum(HANDSHAKE_FAILURES_NAMES)
 _DRAIN = 256  # messages taken from one socket before looking at the others
 
 Handler = Callable[[protocol.Message], protocol.Message | None]
@@ -59,6 +66,7 @@ class HeadNode:
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.sockets: dict[str, zmq.Socket] = {}
+        self._monitors: list[zmq.Socket] = []
         self.keystore = KeyStore(config.data_dir)
         if not config.insecure and not self.keystore.initialized:
             self.keystore.init(default_advertise(config))
@@ -110,6 +118,11 @@ class HeadNode:
             self.sockets["results"]: self._serve_results,
             self.sockets["api"]: lambda s: self._serve_request(s, self.api.handlers),
         }
+        if not self.config.insecure:  # count peers that fail the CURVE handshake (no CURVE, unknown key)
+            for role, sock in self.sockets.items():
+                monitor = sock.get_monitor_socket(HANDSHAKE_FAILURES)
+                self._monitors.append(monitor)
+                routes[monitor] = lambda m, role=role: self._on_monitor_event(m, role)
         poller = zmq.Poller()
         for sock in routes:
             poller.register(sock, zmq.POLLIN)
@@ -122,7 +135,11 @@ class HeadNode:
                     for _ in range(_DRAIN):
                         if not sock.poll(0, zmq.POLLIN):
                             break
-                        routes[sock](sock)
+                        try:
+                            routes[sock](sock)
+                        except Exception as e:  # nothing one message does may stop the head
+                            self.counters["internal_errors"] += 1
+                            self.log.exception("head.loop_error", error=repr(e))
                 if time.monotonic() >= next_tick:
                     self.tick()
                     next_tick = time.monotonic() + TICK_SECONDS
@@ -137,7 +154,11 @@ class HeadNode:
         self.journal.close()
         self.auth.stop()
         for sock in self.sockets.values():
+            if self._monitors:
+                sock.disable_monitor()
             sock.close(linger=0)
+        for monitor in self._monitors:
+            monitor.close(linger=0)
         self.sockets.clear()
         self.ctx.term()
         self.log.info("head.stopped", epoch=self.epoch)
@@ -200,8 +221,17 @@ class HeadNode:
             self.log.exception("head.handler_error", error=repr(e))
             self.counters["internal_errors"] += 1
 
+    def _on_monitor_event(self, monitor: zmq.Socket, role: str) -> None:
+        event = recv_monitor_message(monitor)
+        self.counters["auth_failures"] += 1
+        self.counters["handshake_failures"] += 1
+        self.log.warning("peer.handshake_failed", socket=role, kind=HANDSHAKE_FAILURES_NAMES.get(event["event"]),
+                         endpoint=event["endpoint"].decode(errors="replace"), code=int(event["value"]))
+
     def reject(self, reason: str, detail: str) -> None:
         self.counters[f"rejected_{reason}"] += 1
+        if reason == "auth":
+            self.counters["auth_failures"] += 1
         self.log.warning("message.rejected", reason=reason, detail=detail)
 
     # -- actions -------------------------------------------------------------
