@@ -35,6 +35,13 @@ from head_node.providers import ProviderChannel
 from head_node.scheduler import Scheduler
 
 TICK_SECONDS = 0.05
+#: counters reported from the start, at 0, so a reader never meets a missing key
+COUNTERS = (
+    "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "tasks_accepted", "task_failures",
+    "reassignments", "speculative_launches", "results_fenced", "providers_dead", "publish_dropped",
+    "auth_failures", "handshake_failures", "rejected_bad_message", "rejected_bad_result", "rejected_auth",
+    "internal_errors",
+)
 HANDSHAKE_FAILURES_NAMES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol_mismatch",  # e.g. a peer without CURVE
@@ -59,7 +66,7 @@ class HeadNode:
             speculate_after=config.speculate_after, straggler_factor=config.straggler_factor,
         ))
         self.jobs: dict[str, Job] = {}
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.journal = Journal(config.data_dir / "journal.sqlite")
         self._unjournaled: dict[str, list[tuple[int, str]]] = {}  # merged shards awaiting a group commit
         self.ctx = zmq.Context()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import zmq
 
@@ -48,6 +49,7 @@ class HeartbeatThread(threading.Thread):
             return
         if not isinstance(reply, protocol.HeartbeatReply):
             return
+        self.last_reply = time.monotonic()
         self.book.acknowledge(reply.acked)
         for key in reply.cancel:
             self.on_cancel(key)

@@ -166,9 +166,14 @@ class Provider:
                 self.registered.clear()
                 self._register()
                 self._resend(self.book.due(0.0))
-            if time.monotonic() >= next_resend:
+            if time.monotonic() >= next_resend and self._head_answered_since(next_resend - resend_after):
+                # only while the head answers: a partition must not pile up copies in the PUSH queue
                 self._resend(self.book.due(resend_after))
                 next_resend = time.monotonic() + resend_after
+
+    def _head_answered_since(self, moment: float) -> bool:
+        last = self.heartbeat.last_reply if self.heartbeat is not None else None
+        return last is not None and last >= moment
 
     def _shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
