@@ -96,6 +96,7 @@ class ProviderConfig:
     slots: int = 1  # shards computed at once
     blas_threads: int = 1  # BLAS threads per slot
     device: str = "auto"  # auto | cpu | cuda | mps
+    cache_bytes: int = 2 * 1024**3  # arrays kept for reuse across shards (a job's B, a data shard)
     insecure: bool = False
     timing: Timing = field(default_factory=Timing)
     limits: Limits = field(default_factory=Limits)

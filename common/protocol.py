@@ -132,6 +132,7 @@ class HeartbeatReply(Message):
     known: bool  # False: the head does not know this provider; register again
     acked: list[str] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)  # finished jobs: drop their cached arrays
 
 
 # -- tasks (PUB, topic = provider id) -----------------------------------------
@@ -199,6 +200,7 @@ class Failure(Message):
     attempt: int
     error: str
     retryable: bool = True
+    code: str = ""  # "cache_miss": an array the head thought we held is gone; resend it, no penalty
 
 
 @dataclass(kw_only=True)

@@ -92,7 +92,7 @@ class ClientApi:
         except Exception:
             files.delete()
             raise
-        indices = job.add_shards(shards)
+        indices = job.add_shards(shards, time.monotonic())
         try:
             head.journal.add_job(job, request_id=request_key)
         except Exception:

@@ -111,6 +111,15 @@ class TaskSucceeded(_TaskEvent):
 @dataclass(frozen=True)
 class TaskFailed(_TaskEvent):
     error: str = ""
+    counted: bool = True  # False: not the shard's fault (a provider cache miss); retry without penalty
+
+
+@dataclass(frozen=True)
+class ShardsDropped(Event):
+    """A round closes without these shards (its deadline passed with enough of the others done)."""
+
+    job_id: str
+    indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ class Job:
     ready_slots: int = 0
     done: int = 0
     round: int = 0
+    round_indices: list[int] = field(default_factory=list)  # shards of the current round
+    round_merged: set[int] = field(default_factory=set)
+    round_started: float = 0.0  # monotonic
     reruns: int = 0
     speculated: int = 0
     by_provider: Counter = field(default_factory=Counter)
@@ -60,11 +63,15 @@ class Job:
     def finished(self) -> bool:
         return self.status in TERMINAL
 
-    def add_shards(self, shards: list[Shard]) -> list[int]:
+    def add_shards(self, shards: list[Shard], now: float) -> list[int]:
+        """Start the next round with these shards."""
         self.round += 1
         for s in shards:
             self.shards[s.index] = s
-        return [s.index for s in shards]
+        self.round_indices = [s.index for s in shards]
+        self.round_merged = set()
+        self.round_started = now
+        return self.round_indices
 
     def finish(self, status: str, error: str = "") -> None:
         self.status, self.error, self.finished_at = status, error, time.time()
@@ -72,6 +79,7 @@ class Job:
 
     def summary(self) -> dict[str, Any]:
         end = self.finished_at or time.time()
+        progress = self.task.progress(self) if self.task is not None else None
         return {
             "job_id": self.job_id,
             "task_type": self.task_type,
@@ -89,4 +97,7 @@ class Job:
             "finished_at": self.finished_at,
             "elapsed": end - (self.started_at or self.submitted_at),
             "shards_by_provider": dict(self.by_provider),
+            "progress_done": progress[0] if progress else self.done,
+            "progress_total": progress[1] if progress else len(self.shards),
+            "progress_unit": "round" if progress else "shard",
         }

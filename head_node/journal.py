@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request ON jobs (request_id);
 CREATE TABLE IF NOT EXISTS shards (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, params BLOB NOT NULL, attempt INTEGER NOT NULL,
-    done INTEGER NOT NULL DEFAULT 0, provider TEXT, PRIMARY KEY (job_id, idx)
+    done INTEGER NOT NULL DEFAULT 0, provider TEXT, round INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (job_id, idx)
 );
 """
 
@@ -55,7 +56,7 @@ class JobRecord:
     state: dict
     round: int
     reruns: int
-    shards: list[tuple[int, dict, int, bool, str | None]]  # (index, params, attempt, done, provider name)
+    shards: list[tuple[int, dict, int, bool, str | None, int]]  # (index, params, attempt, done, provider, round)
 
 
 class Journal:
@@ -85,16 +86,16 @@ class Journal:
                  (job.job_id, request_id, job.owner, job.task_type, _pack(job.params), job.priority, job.status,
                   job.error, job.submitted_at, job.started_at, job.finished_at, _pack(job.state), job.round,
                   job.reruns, self._seq))]
-        rows += self._shard_rows(job.job_id, [job.shards[i] for i in sorted(job.shards)], 0)
+        rows += self._shard_rows(job.job_id, [job.shards[i] for i in sorted(job.shards)], job.round)
         self._tx(rows)
 
     @staticmethod
-    def _shard_rows(job_id: str, shards, attempt: int) -> list[tuple[str, tuple]]:
-        return [("INSERT OR REPLACE INTO shards (job_id, idx, params, attempt) VALUES (?,?,?,?)",
-                 (job_id, s.index, _pack(s.params), attempt)) for s in shards]
+    def _shard_rows(job_id: str, shards, round_: int) -> list[tuple[str, tuple]]:
+        return [("INSERT OR REPLACE INTO shards (job_id, idx, params, attempt, round) VALUES (?,?,?,0,?)",
+                 (job_id, s.index, _pack(s.params), round_)) for s in shards]
 
     def add_round(self, job, shards) -> None:
-        self._tx([*self._shard_rows(job.job_id, shards, 0), *self._job_update(job)])
+        self._tx([*self._shard_rows(job.job_id, shards, job.round), *self._job_update(job)])
 
     def shards_done(self, done: list[tuple[str, int, str]]) -> None:
         """Record (job_id, index, provider name) shards as finished, in one transaction."""
@@ -125,9 +126,9 @@ class Journal:
                                     "submitted_at, started_at, finished_at, state, round, reruns FROM jobs "
                                     "ORDER BY seq").fetchall()
             shards: dict[str, list] = {}
-            for job_id, idx, params, attempt, done, provider in self._db.execute(
-                    "SELECT job_id, idx, params, attempt, done, provider FROM shards ORDER BY job_id, idx"):
-                shards.setdefault(job_id, []).append((idx, _unpack(params), attempt, bool(done), provider))
+            for job_id, idx, params, attempt, done, provider, round_ in self._db.execute(
+                    "SELECT job_id, idx, params, attempt, done, provider, round FROM shards ORDER BY job_id, idx"):
+                shards.setdefault(job_id, []).append((idx, _unpack(params), attempt, bool(done), provider, round_))
         return [JobRecord(j[0], j[1], j[2], j[3], _unpack(j[4]), j[5], j[6], j[7], j[8], j[9], j[10],
                           _unpack(j[11]), j[12], j[13], shards.get(j[0], [])) for j in jobs]
 

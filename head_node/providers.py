@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from common import protocol
@@ -25,6 +26,7 @@ class ProviderChannel:
         self.head = head
         self.log = head.log
         self.registry: dict[str, ProviderInfo] = {}
+        self._finished: deque[tuple[float, str]] = deque()
         self.registration_handlers = {
             MsgType.REGISTER: self._on_register,
             MsgType.DEREGISTER: self._on_deregister,
@@ -115,7 +117,8 @@ class ProviderChannel:
         # a joining provider's work may still be adopted once it is ready: cancel nothing yet
         cancel = [k for k in msg.running if k not in held] if info.state != "joining" else []
         acked = [k for k in msg.outbox if self._settled(k)]
-        return protocol.HeartbeatReply(epoch=self.head.epoch, known=True, acked=acked, cancel=cancel)
+        return protocol.HeartbeatReply(epoch=self.head.epoch, known=True, acked=acked, cancel=cancel,
+                                       forget=self.recently_finished())
 
     def _settled(self, key: str) -> bool:
         try:
@@ -155,11 +158,45 @@ class ProviderChannel:
         self.head.apply(self.head.sched.handle(event), result=msg)
 
     def _on_failure(self, msg: protocol.Failure, principal: "Principal") -> None:
+        if msg.code == "cache_miss":  # it evicted something we thought it held: resend, no penalty
+            event = self._task_event(TaskFailed, msg, principal, error="cache_miss", counted=False)
+            info = self.registry[msg.provider_id]
+            info.cached = {k for k in info.cached if not k.startswith(f"{event.job_id}/")}
+            self.head.apply(self.head.sched.handle(event))
+            return
         event = self._task_event(TaskFailed, msg, principal, error=msg.error)
         self.head.counters["task_failures"] += 1
         self.log.warning("task.failed", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
                          provider_id=msg.provider_id, error=msg.error)
         self.head.apply(self.head.sched.handle(event))
+
+    # -- arrays providers hold -------------------------------------------------
+
+    def use_cache(self, provider_id: str, keys: dict[str, str], params: dict, arrays: dict) -> dict:
+        """Leave out arrays the provider holds; ask it to keep the ones it may reuse. Returns the task params."""
+        info = self.registry.get(provider_id)
+        if not keys or info is None:
+            return params
+        cached = {name: key for name, key in keys.items() if key in info.cached}
+        fresh = {name: key for name, key in keys.items() if name not in cached}
+        for name in cached:
+            arrays.pop(name, None)
+        info.cached.update(fresh.values())
+        self.head.counters["cached_arrays_reused"] += len(cached)
+        return {**params, "_cached": cached, "_cache": fresh}
+
+    def forget_job(self, job_id: str) -> None:
+        prefix = f"{job_id}/"
+        for info in self.registry.values():
+            info.cached = {k for k in info.cached if not k.startswith(prefix)}
+        self._finished.append((time.monotonic(), job_id))
+
+    def recently_finished(self) -> list[str]:
+        """Jobs finished in the last minute: providers drop what they cached for them."""
+        horizon = time.monotonic() - 60
+        while self._finished and self._finished[0][0] < horizon:
+            self._finished.popleft()
+        return [job_id for _, job_id in self._finished]
 
     def count_done(self, provider_id: str, job: "Job") -> str:
         """Count a merged shard for the provider; return the provider's name."""

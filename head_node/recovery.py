@@ -29,17 +29,20 @@ def recover(head: "HeadNode") -> None:
                   files=files, priority=rec.priority, status=rec.status, error=rec.error,
                   submitted_at=rec.submitted_at, started_at=rec.started_at, finished_at=rec.finished_at,
                   state=rec.state, round=rec.round, reruns=rec.reruns)
-        job.shards = {i: Shard(i, params) for i, params, _, _, _ in rec.shards}
-        job.done = sum(1 for *_, done, _ in rec.shards if done)
-        job.by_provider = Counter(name for *_, done, name in rec.shards if done and name)
+        job.shards = {i: Shard(i, params) for i, params, *_ in rec.shards}
+        job.done = sum(1 for _, _, _, done, name, _ in rec.shards if done and name)
+        job.by_provider = Counter(name for _, _, _, done, name, _ in rec.shards if done and name)
+        job.round_indices = [i for i, *_, round_ in rec.shards if round_ == rec.round]
+        job.round_merged = {i for i, _, _, done, _, round_ in rec.shards if round_ == rec.round and done}
+        job.round_started = time.monotonic()
         head.jobs[job.job_id] = job
         if job.finished:
             continue
         if task is None:
             head.finish(job, "failed", f"task type {rec.task_type!r} is no longer installed on the head")
             continue
-        pending = tuple(i for i, _, _, done, _ in rec.shards if not done)
-        attempts = {i: attempt for i, _, attempt, done, _ in rec.shards if not done}
+        pending = tuple(i for i, _, _, done, *_ in rec.shards if not done)
+        attempts = {i: attempt for i, _, attempt, done, *_ in rec.shards if not done}
         resumed += 1
         head.log.info("job.recovered", job_id=job.job_id, status=job.status, done=job.done,
                       pending=len(pending), round=job.round)

@@ -32,6 +32,7 @@ class ProviderInfo:
     memory_used: int = 0
     shards_done: int = 0
     computed: int = 0  # as the provider reports it: shards it computed since it started
+    cached: set = field(default_factory=set)  # cache keys of arrays we sent it (it may have evicted some)
     probe_id: str = ""
     probe_next: float = 0.0
 

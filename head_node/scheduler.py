@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from head_node.events import (
     Action, Assign, Cancel, Event, JobAdded, JobCancelled, JobFailed, JobRoundDone,
     Merge, ProviderDead, ProviderDraining, ProviderLeft, ProviderReady, ProviderSeen, Republish,
-    SchedulerConfig, ShardsAdded, TaskAccepted, TaskFailed, TaskSucceeded, Tick, key_of, parse_key,
+    SchedulerConfig, ShardsAdded, ShardsDropped, TaskAccepted, TaskFailed, TaskSucceeded, Tick, key_of, parse_key,
 )
 
 __all__ = ["Scheduler", "SchedulerConfig"]
@@ -86,6 +86,7 @@ class Scheduler:
             JobAdded: self._on_job_added,
             ShardsAdded: self._on_shards_added,
             JobCancelled: self._on_job_cancelled,
+            ShardsDropped: self._on_shards_dropped,
             TaskAccepted: self._on_task_accepted,
             TaskSucceeded: self._on_task_succeeded,
             TaskFailed: self._on_task_failed,
@@ -227,6 +228,22 @@ class Scheduler:
     def _on_job_cancelled(self, ev: JobCancelled) -> list[Action]:
         return self._remove_job(ev.job_id)
 
+    def _on_shards_dropped(self, ev: ShardsDropped) -> list[Action]:
+        job = self.jobs.get(ev.job_id)
+        if job is None:
+            return []
+        actions: list[Action] = []
+        for index in ev.indices:
+            shard = job.shards.pop(index, None)
+            if shard is None or shard.done:
+                continue
+            if index in job.pending:
+                job.pending.remove(index)
+            for pid, lease in shard.leases.items():
+                actions.append(Cancel(pid, ev.job_id, index, lease.attempt))
+                self._release(pid, ev.job_id, index)
+        return actions
+
     def _remove_job(self, job_id: str) -> list[Action]:
         job = self.jobs.pop(job_id, None)
         if job is None:
@@ -277,6 +294,12 @@ class Scheduler:
             return []  # an outbox failure from before a head restart: the shard is pending anyway
         self._release(ev.provider_id, ev.job_id, ev.index)
         shard.leases.pop(ev.provider_id)
+        if not ev.counted:
+            if not shard.leases:
+                shard.attempt += 1
+                job.pending.appendleft(ev.index)
+                return [Republish(ev.job_id, ev.index, shard.attempt, None, reason=ev.error or "retry")]
+            return []
         shard.failures += 1
         if shard.failures >= self.config.max_attempts:
             return [*self._remove_job(ev.job_id),

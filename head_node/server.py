@@ -6,6 +6,7 @@ drains what is readable, and ticks the scheduler's clock between polls.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ from head_node.auth import HeadAuth, user_id
 from head_node.keystore import KeyStore, default_advertise
 from head_node.events import (
     Assign, Cancel, JobFailed, JobRoundDone, Merge, ProviderDead, Republish,
-    SchedulerConfig, ShardsAdded, Tick, task_id_of,
+    SchedulerConfig, ShardsAdded, ShardsDropped, Tick, task_id_of,
 )
 from head_node.jobs import Job
 from head_node.journal import Journal
@@ -40,7 +41,7 @@ COUNTERS = (
     "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "tasks_accepted", "task_failures",
     "reassignments", "speculative_launches", "results_fenced", "providers_dead", "publish_dropped",
     "auth_failures", "handshake_failures", "rejected_bad_message", "rejected_bad_result", "rejected_auth",
-    "internal_errors",
+    "internal_errors", "cached_arrays_reused", "shards_dropped",
 )
 HANDSHAKE_FAILURES_NAMES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
@@ -171,9 +172,29 @@ class HeadNode:
         self.log.info("head.stopped", epoch=self.epoch)
 
     def tick(self) -> None:
-        self.apply(self.sched.handle(Tick(time.monotonic())))
+        now = time.monotonic()
+        self.apply(self.sched.handle(Tick(now)))
         self.providers.send_probes()
+        self._close_late_rounds(now)
         self.commit_done()
+
+    def _close_late_rounds(self, now: float) -> None:
+        """A round past its deadline with enough shards done goes on without the stragglers."""
+        for job in [j for j in self.jobs.values() if j.status == "running"]:
+            policy = job.task.round_policy(job)
+            if policy is None or now - job.round_started <= policy[0]:
+                continue
+            missing = [i for i in job.round_indices if i not in job.round_merged]
+            needed = math.ceil(policy[1] * len(job.round_indices))
+            if not missing or len(job.round_merged) < needed:
+                continue
+            self.log.info("round.closed_late", job_id=job.job_id, round=job.round, dropped=len(missing))
+            self.counters["shards_dropped"] += len(missing)
+            self.apply(self.sched.handle(ShardsDropped(now, job.job_id, tuple(missing))))
+            self.journal.shards_done([(job.job_id, i, "") for i in missing])
+            for i in missing:
+                job.shards.pop(i, None)
+            self.apply_round_done(job)
 
     def commit_done(self) -> None:
         """Group commit: flush merged outputs to disk, then record those shards done in one transaction."""
@@ -268,9 +289,10 @@ class HeadNode:
         if job.status == "queued":
             job.status, job.started_at = "running", time.time()
             self.journal.update_job(job)
+        arrays = job.task.inputs(job, shard)
+        params = self.providers.use_cache(a.provider_id, job.task.cache_keys(job, shard), shard.params, arrays)
         msg = protocol.Task(task_id=task_id_of(job.job_id, a.index), job_id=job.job_id, attempt=a.attempt,
-                            task_type=job.task_type, index=a.index, params=shard.params,
-                            arrays=job.task.inputs(job, shard))
+                            task_type=job.task_type, index=a.index, params=params, arrays=arrays)
         self.publish(a.provider_id, msg)
         event = "task.speculated" if getattr(a, "speculative", False) else (
             "task.assigned" if isinstance(a, Assign) else "task.republished")
@@ -297,6 +319,7 @@ class HeadNode:
             self.finish(job, "failed", f"merging shard {a.index} from provider {a.provider_id}: {e}")
             return
         job.done += 1
+        job.round_merged.add(a.index)
         name = self.providers.count_done(a.provider_id, job)
         self._unjournaled.setdefault(job.job_id, []).append((a.index, name))
 
@@ -310,7 +333,8 @@ class HeadNode:
             self.finish(job, "failed", f"planning round {job.round + 1}: {e}")
             return
         if shards:
-            indices = job.add_shards(shards)
+            indices = job.add_shards(shards, time.monotonic())
+            job.files.flush()  # the round's checkpoint is on disk before the journal says so
             self.journal.add_round(job, shards)
             self.apply(self.sched.handle(ShardsAdded(time.monotonic(), job.job_id, tuple(indices))))
         else:
@@ -321,6 +345,7 @@ class HeadNode:
         self.commit_done()
         job.finish(status, error)
         self.journal.update_job(job)
+        self.providers.forget_job(job.job_id)
         self.counters[f"jobs_{status}"] += 1
         self.log.info("job.finished", job_id=job.job_id, status=status, error=error or None,
                       elapsed=round(job.summary()["elapsed"], 4), shards=len(job.shards))

@@ -23,6 +23,7 @@ from common.faults import FAULTS
 from common.logs import get_logger
 from common.protocol import MsgType
 from common.provider.book import TaskBook
+from common.provider.cache import ArrayCache
 from common.provider.devices import Device, choose_device, import_torch, probe_devices
 from common.provider.heartbeat import HeartbeatThread
 from common.provider.identity import provider_id as load_provider_id
@@ -62,6 +63,7 @@ class Provider:
         tasks = task_types if task_types is not None else load_task_types()
         self.tasks = {n: t for n, t in tasks.items() if self.torch is not None or not t.needs_torch}
         self.book = TaskBook(config.slots)
+        self.cache = ArrayCache(config.cache_bytes)
         self.ctx = zmq.Context()
         self.stop_event = threading.Event()
         self.registered = threading.Event()
@@ -133,7 +135,8 @@ class Provider:
         self.heartbeat = HeartbeatThread(
             self.ctx, self.config.head.url("heartbeat"), self.id, self.book,
             interval=self.interval, timeout=max(t.request_timeout, self.interval), on_unknown=self._on_unknown,
-            on_cancel=self.book.cancel, stop=self.stop_event, limits=self.config.limits,
+            on_cancel=self.book.cancel, on_forget=self.cache.forget_jobs, stop=self.stop_event,
+            limits=self.config.limits,
             draining_fn=self.draining.is_set, curve=self.curve, token=self.token)
         self.heartbeat.epoch = self.epoch
         self.heartbeat.start()
@@ -223,12 +226,31 @@ class Provider:
             self._send(protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
                                         error=f"task type {msg.task_type!r} is not supported here", retryable=False))
             return
+        arrays = self._with_cached_inputs(msg)
+        if arrays is None:
+            self._send(protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
+                                        error="cached input evicted", code="cache_miss"))
+            return
+        msg.arrays = arrays
         if not self.book.start(key):
             self._send(accepted)  # a re-published copy: our first acceptance was lost
             return
         self._send(accepted)
         log.debug("task.accepted", provider_id=self.id, job_id=msg.job_id, task_id=msg.task_id, attempt=msg.attempt)
         self._executor.submit(self._compute, msg, key)
+
+    def _with_cached_inputs(self, msg: protocol.Task) -> dict[str, np.ndarray] | None:
+        """The task's arrays, completed from the cache; None if a cached one is gone."""
+        arrays = dict(msg.arrays)
+        for name, key in msg.params.get("_cached", {}).items():
+            arr = self.cache.get(key)
+            if arr is None:
+                return None
+            arrays[name] = arr
+        for name, key in msg.params.get("_cache", {}).items():
+            if name in arrays:
+                self.cache.put(key, arrays[name])
+        return arrays
 
     def _compute(self, msg: protocol.Task, key: str) -> None:
         """Runs on a worker thread."""

@@ -56,6 +56,21 @@ class TaskType(abc.ABC):
         """Arrays sent with ``shard`` (views into the job's inputs where possible)."""
         return {}
 
+    def cache_keys(self, job: JobView, shard: Shard) -> dict[str, str]:
+        """Names of ``inputs`` a provider may keep and reuse, with a key unique to their content.
+
+        The head sends such an array to a provider once; later shards refer to it by key.
+        """
+        return {}
+
+    def round_policy(self, job: JobView) -> tuple[float, float] | None:
+        """``(timeout_s, min_fraction)``: close a round after the timeout once that share of its shards is done."""
+        return None
+
+    def progress(self, job: JobView) -> tuple[int, int] | None:
+        """``(done, total)`` units for progress bars, when shards are not the natural unit."""
+        return None
+
     @abc.abstractmethod
     def compute(self, params: dict[str, Any], arrays: dict[str, np.ndarray], device: str) -> dict[str, np.ndarray]:
         """Run one shard on a provider; ``device`` is ``cpu``, ``cuda:N`` or ``mps``."""

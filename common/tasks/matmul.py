@@ -104,6 +104,10 @@ class MatmulTask(TaskType):
         b = job.input("b")
         return {"a": job.input("a")[r0:r1], "b": b if (c0, c1) == (0, b.shape[1]) else b[:, c0:c1]}
 
+    def cache_keys(self, job: JobView, shard: Shard) -> dict[str, str]:
+        c0, c1 = shard.params["cols"]
+        return {"b": f"{job.job_id}/b/{c0}:{c1}"}  # every shard in this column band uses the same B block
+
     def compute(self, params: dict[str, Any], arrays: dict[str, np.ndarray], device: str) -> dict[str, np.ndarray]:
         a, b = arrays["a"], arrays["b"]
         if device == "cpu":
