@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# torch for the training tests; 2.13.0 is a CPU build this CI machine has on disk (an unpinned torch
+# would pull a multi-GB CUDA build). On a Mac or a CUDA box: make TORCH=torch (see README).
+TORCH  ?= torch==2.13.0
 
 .PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' '$(TORCH)'
 	touch $(STAMP)
 
 demo: $(STAMP)

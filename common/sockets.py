@@ -37,6 +37,7 @@ def make_socket(
     hwm: int = 10_000,
     linger_ms: int = 0,
     identity: bytes | None = None,
+    zap_domain: str | None = None,
 ) -> zmq.Socket:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
@@ -57,6 +58,8 @@ def make_socket(
         sock.curve_secretkey = curve.secret
         if server:
             sock.curve_server = True
+            if zap_domain:
+                sock.zap_domain = zap_domain.encode()  # ZAP admits keys per socket role
         else:
             if curve.server_public is None:
                 raise ValueError("a CURVE client socket needs the server's public key")

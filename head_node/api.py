@@ -65,9 +65,6 @@ class ClientApi:
         task = head.tasks.get(msg.task_type)
         if task is None:
             raise ValidationError(f"unknown task type {msg.task_type!r}; this head knows {sorted(head.tasks)}")
-        providers = [p for p in head.providers.registry.values() if p.state == "ready"]
-        if providers and not any(msg.task_type in p.task_types for p in providers):
-            raise ValidationError(f"no ready provider supports task type {msg.task_type!r}")
         owner = principal.name
         waiting = sum(1 for j in head.jobs.values() if j.owner == owner and not j.finished)
         if waiting >= head.config.max_queued_jobs_per_client:
@@ -77,6 +74,9 @@ class ClientApi:
         if bad:
             raise ValidationError(f"array names must be letters, digits, '_' or '-' (1-64 characters): {bad}")
         params = task.validate(msg.params, msg.arrays)
+        providers = [p for p in head.providers.registry.values() if p.state == "ready"]
+        if providers and not any(msg.task_type in p.task_types for p in providers):
+            raise ValidationError(f"no ready provider supports task type {msg.task_type!r}")
         job_id = protocol.new_id()[:12]
         files = JobFiles(head.config.data_dir / "jobs" / job_id)
         job = Job(job_id=job_id, owner=owner, task_type=msg.task_type, task=task, params=params,

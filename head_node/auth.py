@@ -30,6 +30,9 @@ PERMISSIONS: dict[MsgType, frozenset[str]] = {
     MsgType.STATUS: _READER, MsgType.LIST_JOBS: _READER, MsgType.LIST_PROVIDERS: _READER, MsgType.STATS: _READER,
 }
 _TOKEN_CACHE = 4096
+#: which roles' keys each socket (ZAP domain) admits
+SOCKET_ROLES = {"registration": _PROVIDER, "heartbeat": _PROVIDER, "tasks": _PROVIDER, "results": _PROVIDER,
+                "api": _READER}
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,13 @@ class HeadAuth:
             return
         self._zap = ThreadAuthenticator(ctx)
         self._zap.start()
-        self._zap.configure_curve_callback("*", credentials_provider=self)
+        for domain in SOCKET_ROLES:
+            self._zap.configure_curve_callback(domain, credentials_provider=self)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        """ZAP: admit known, unrevoked keys (or any key in any-key mode; tokens still apply)."""
-        if self.allow_any_key or self.registry.key_allowed(key.decode()):
+        """ZAP: admit known, unrevoked keys whose role uses this socket (any key in any-key mode; tokens
+        still apply). Only providers reach the task socket, so no client can subscribe to shard data."""
+        if self.allow_any_key or self.registry.key_allowed(key.decode(), SOCKET_ROLES.get(domain, frozenset())):
             return True
         with self._lock:
             self.zap_denied += 1

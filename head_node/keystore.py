@@ -129,7 +129,7 @@ class PeerRegistry:
         self._lock = threading.Lock()
         self._mtime = -1.0
         self._by_jti: dict[str, dict[str, Any]] = {}
-        self._keys: set[str] = set()
+        self._keys: dict[str, str] = {}  # admitted key -> role
 
     def _refresh(self) -> None:
         try:
@@ -141,13 +141,13 @@ class PeerRegistry:
         peers = self.store.read_peers()
         now = time.time()
         self._by_jti = peers
-        self._keys = {p["key"] for p in peers.values() if not p["revoked"] and p["exp"] > now}
+        self._keys = {p["key"]: p["role"] for p in peers.values() if not p["revoked"] and p["exp"] > now}
         self._mtime = mtime
 
-    def key_allowed(self, z85_key: str) -> bool:
+    def key_allowed(self, z85_key: str, roles: frozenset[str]) -> bool:
         with self._lock:
             self._refresh()
-            return z85_key in self._keys
+            return self._keys.get(z85_key) in roles
 
     def check(self, claims: Claims) -> None:
         with self._lock:

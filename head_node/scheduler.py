@@ -66,6 +66,7 @@ class _Job:
     durations: list[float] = field(default_factory=list)
     done: int = 0
     speculated: set[int] = field(default_factory=set)
+    round: set[int] = field(default_factory=set)  # the latest batch of shards (a round of a multi-round job)
 
     @property
     def order(self) -> tuple[int, int]:
@@ -221,6 +222,7 @@ class Scheduler:
 
     @staticmethod
     def _add_shards(job: _Job, indices, attempts: dict[int, int] | None, recovered: bool = False) -> None:
+        job.round = set(indices)
         for i in indices:
             job.shards[i] = _Shard(i, attempt=(attempts or {}).get(i, 0), recovered=recovered)
             job.pending.append(i)
@@ -343,8 +345,10 @@ class Scheduler:
         leased = [(self.jobs[j], i) for p in self.providers.values() for j, i in p.leases]
         for job, index in leased:
             shard = job.shards[index]
-            if (len(shard.leases) != 1 or index in job.speculated or not job.durations
-                    or job.done <= cfg.speculate_after * len(job.shards)):
+            if len(shard.leases) != 1 or index in job.speculated or not job.durations:
+                continue
+            round_done = sum(1 for i in job.round if i in job.shards and job.shards[i].done)
+            if round_done <= cfg.speculate_after * len(job.round):  # "over 75 % done", of the current round
                 continue
             (holder, lease), = shard.leases.items()
             if now - lease.started <= cfg.straggler_factor * (sum(job.durations) / len(job.durations)):

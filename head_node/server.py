@@ -95,7 +95,8 @@ class HeadNode:
             self.log.warning("head.INSECURE", detail="encryption and tokens are OFF: anyone who can reach "
                              "these ports can submit jobs and read results; use only on a trusted lab network")
         for role, kind in kinds.items():
-            sock = make_socket(self.ctx, kind, limits=self.config.limits, server=True, curve=self.auth.curve)
+            sock = make_socket(self.ctx, kind, limits=self.config.limits, server=True, curve=self.auth.curve,
+                               zap_domain=role)
             try:
                 sock.bind(self.config.bind_url(role))
             except zmq.ZMQError as e:

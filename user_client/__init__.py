@@ -5,7 +5,7 @@ from common.errors import (
     AuthError, HeadUnreachable, JobCancelled, JobFailed, QueueFullError, RequestError,
     UnknownJobError, ValidationError, ZComputeError,
 )
-from user_client.client import Client, JobHandle
+from user_client.client import Client, JobHandle, TrainJob
 from user_client.local import LocalCluster
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "LocalCluster",
     "QueueFullError",
     "RequestError",
+    "TrainJob",
     "UnknownJobError",
     "ValidationError",
     "ZComputeError",

@@ -122,6 +122,44 @@ def submit_noop(ctx, shards, sleep, wait):
             _wait_and_save(job, None, sys.stderr.isatty())
 
 
+@cli.command(epilog="Example: user-client train --model mlp:64,128,10 --data digits --epochs 20 --batch-size 64 "
+                    "--lr 0.05 --wait --out model.pt")
+@click.option("--model", required=True, help="mlp:IN,HIDDEN...,OUT, cnn:HxW,CLASSES, or package.module:factory.")
+@click.option("--data", default="digits", show_default=True,
+              help="digits, a .npz with X and y, an MNIST directory, or IMAGES,LABELS IDX files.")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Global batch size.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.05, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--local-steps", type=click.IntRange(1), default=1, show_default=True,
+              help="1: providers return gradients; K>1: weight changes after K local SGD steps.")
+@click.option("--wire-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True, help="How parameters and updates travel (16-bit halves the bytes).")
+@click.option("--every-round", is_flag=True, help="Print every round, not only the end of each epoch.")
+@click.option("--wait/--no-wait", default=False, help="Follow the training and print its progress.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save the trained state_dict here (torch.save; .npz without torch); implies --wait.")
+@click.pass_context
+def train(ctx, model, data, epochs, batch_size, lr, optimizer, momentum, seed, local_steps, wire_dtype, every_round,
+          wait, out):
+    """Data-parallel training of a torch model across the providers."""
+    from user_client.training import follow_training, save_state_dict
+
+    with _client(ctx) as c:
+        try:
+            job = c.train(model, data, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                          momentum=momentum, seed=seed, local_steps=local_steps, wire_dtype=wire_dtype)
+            click.echo(f"submitted job {job.id}")
+            if wait or out:
+                follow_training(job, every_round)
+                if out is not None:
+                    click.echo(f"saved {save_state_dict(job.result(), out)}")
+        except (ZComputeError, TimeoutError) as e:
+            raise ClientError(str(e)) from None
+
+
 @cli.command(epilog="Example: user-client status 3f2a9c1b7d4e")
 @click.argument("job_id")
 @click.pass_context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -71,6 +72,22 @@ class Client:
         if isinstance(splits, tuple):
             splits = list(splits)
         return self.submit("matmul", {"splits": splits}, {"a": np.asarray(a), "b": np.asarray(b)}, priority)
+
+    def train(self, model: str, data: Any = "digits", *, epochs: int = 10, batch_size: int = 64, lr: float = 0.05,
+              optimizer: str = "sgd", priority: int = 0, **options: Any) -> "TrainJob":
+        """Data-parallel training of a torch model across the providers.
+
+        ``data`` is ``(X, y)`` arrays or a name/path for ``user_client.datasets.load_dataset``
+        (``"digits"``, ``.npz``, MNIST IDX). ``options``: momentum, weight_decay, seed, test_fraction,
+        shards, local_steps, wire_dtype (float32/float16/bfloat16), round_timeout, min_shards.
+        """
+        from user_client.datasets import load_dataset
+
+        x, y = load_dataset(data) if isinstance(data, (str, Path)) else data
+        params = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                  **options}
+        handle = self.submit("train", params, {"x": np.asarray(x), "y": np.asarray(y)}, priority)
+        return TrainJob(self, handle.id)
 
     def job(self, job_id: str) -> "JobHandle":
         return JobHandle(self, job_id)
@@ -156,3 +173,20 @@ class JobHandle:
         """The job's output: the array itself when there is one, else a dict of arrays."""
         arrays = self.outputs(timeout)
         return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+
+
+class TrainJob(JobHandle):
+    """A training job: ``metrics()`` while it runs, ``result()`` is the trained ``state_dict``."""
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """One entry per round: step, epoch, loss, train_acc, and test_acc at the end of each epoch."""
+        return self.client.request(protocol.Fetch(job_id=self.id)).meta.get("history", [])
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The state_dict: torch tensors when torch is installed here, else numpy arrays."""
+        arrays = self.outputs(timeout)
+        try:
+            import torch
+        except ImportError:
+            return dict(arrays)
+        return {name: torch.from_numpy(np.array(arr)) for name, arr in arrays.items()}

@@ -36,7 +36,9 @@ def import_torch():
     """The torch module, or None when it is not installed (CPU-only providers need no torch)."""
     try:
         import torch
-    except ImportError:
+    except (ImportError, OSError) as e:  # OSError: a broken install (missing shared library)
+        if not isinstance(e, ImportError):
+            log.warning("torch.unusable", error=repr(e))
         return None
     return torch
 
