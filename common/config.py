@@ -73,6 +73,8 @@ class HeadConfig:
     insecure: bool = False
     allow_any_key: bool = False  # admit any CURVE key (tokens are still required)
     advertise: str = ""  # the address written into join strings; default tcp://HOSTNAME:BASE
+    http_host: str = "127.0.0.1"  # dashboard, /metrics, /api/state; another address needs a token unless insecure
+    http_port: int = 8080  # 0: no HTTP server
     timing: Timing = field(default_factory=Timing)
     limits: Limits = field(default_factory=Limits)
     max_attempts: int = 3  # a shard failing this often fails its job

@@ -58,6 +58,8 @@ class MsgType(str, enum.Enum):
     PROVIDER_LIST = "provider_list"
     STATS = "stats"
     STATS_REPLY = "stats_reply"
+    EVENTS = "events"
+    EVENT_LIST = "event_list"
     # replies on any REQ/REP socket
     OK = "ok"
     ERROR = "error"
@@ -291,6 +293,21 @@ class StatsReply(Message):
     type = MsgType.STATS_REPLY
     epoch: str
     counters: dict  # event name -> count since this head started
+
+
+@dataclass(kw_only=True)
+class Events(Message):
+    type = MsgType.EVENTS
+    job_id: str
+    offset: int = 0  # line of the job's event log to start from
+    limit: int = 1000
+
+
+@dataclass(kw_only=True)
+class EventList(Message):
+    type = MsgType.EVENT_LIST
+    events: list[dict]
+    next_offset: int
 
 
 @dataclass(kw_only=True)

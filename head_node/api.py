@@ -33,6 +33,7 @@ class ClientApi:
             MsgType.LIST_JOBS: self._on_list_jobs,
             MsgType.LIST_PROVIDERS: self._on_list_providers,
             MsgType.STATS: self._on_stats,
+            MsgType.EVENTS: self._on_events,
         }
 
     def _idempotent(self, handler):
@@ -101,6 +102,7 @@ class ClientApi:
         head.jobs[job_id] = job
         head.counters["jobs_submitted"] += 1
         self.log.info("job.submitted", job_id=job_id, task_type=msg.task_type, shards=len(shards), owner=owner)
+        head.events.record(job_id, "submit", task_type=msg.task_type, owner=owner, shards=len(shards))
         head.apply(head.sched.handle(JobAdded(time.monotonic(), job_id, msg.task_type, tuple(indices),
                                               priority=msg.priority)))
         return protocol.Submitted(job_id=job_id)
@@ -133,3 +135,8 @@ class ClientApi:
         counters = dict(self.head.counters)
         counters["zap_denied"] = self.head.auth.zap_denied
         return protocol.StatsReply(epoch=self.head.epoch, counters=counters)
+
+    def _on_events(self, msg: protocol.Events, principal: "Principal") -> protocol.Message:
+        job = self._job(msg.job_id, principal)
+        events, next_offset = self.head.events.read(job.job_id, max(0, msg.offset), max(1, min(msg.limit, 10_000)))
+        return protocol.EventList(events=events, next_offset=next_offset)

@@ -28,6 +28,7 @@ PERMISSIONS: dict[MsgType, frozenset[str]] = {
     MsgType.FAILURE: _PROVIDER, MsgType.PROBE_ACK: _PROVIDER,
     MsgType.SUBMIT: _SUBMITTER, MsgType.FETCH: _SUBMITTER, MsgType.CANCEL_JOB: _SUBMITTER,
     MsgType.STATUS: _READER, MsgType.LIST_JOBS: _READER, MsgType.LIST_PROVIDERS: _READER, MsgType.STATS: _READER,
+    MsgType.EVENTS: _READER,
 }
 _TOKEN_CACHE = 4096
 #: which roles' keys each socket (ZAP domain) admits

@@ -140,8 +140,13 @@ class ProviderChannel:
         return cls(time.monotonic(), job_id, index, msg.attempt, msg.provider_id, **extra)
 
     def _on_accepted(self, msg: protocol.Accepted, principal: "Principal") -> None:
+        event = self._task_event(TaskAccepted, msg, principal)
         self.head.counters["tasks_accepted"] += 1
-        self.head.apply(self.head.sched.handle(self._task_event(TaskAccepted, msg, principal)))
+        job = self.head.jobs.get(event.job_id)
+        if job is not None and not job.finished:
+            self.head.events.record(event.job_id, "accept", task_id=msg.task_id, attempt=msg.attempt,
+                                    provider_id=msg.provider_id)
+        self.head.apply(self.head.sched.handle(event))
 
     def _on_progress(self, msg: protocol.Progress, principal: "Principal") -> None:
         self._task_event(TaskAccepted, msg, principal)  # validates only; progress is informational
@@ -152,9 +157,14 @@ class ProviderChannel:
             self.head.counters["results_fenced"] += 1
             self.log.info("task.result_dropped", job_id=event.job_id, task_id=msg.task_id,
                           attempt=msg.attempt, provider_id=msg.provider_id, reason="not the lease holder")
+            if event.job_id in self.head.jobs and not self.head.jobs[event.job_id].finished:
+                self.head.events.record(event.job_id, "drop", task_id=msg.task_id, attempt=msg.attempt,
+                                        provider_id=msg.provider_id, reason="not the lease holder")
             return
         self.log.debug("task.result", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
                        provider_id=msg.provider_id, elapsed=round(msg.elapsed, 4))
+        self.head.events.record(event.job_id, "result", task_id=msg.task_id, attempt=msg.attempt,
+                                provider_id=msg.provider_id, elapsed=round(msg.elapsed, 6))
         self.head.apply(self.head.sched.handle(event), result=msg)
 
     def _on_failure(self, msg: protocol.Failure, principal: "Principal") -> None:

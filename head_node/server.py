@@ -30,12 +30,14 @@ from head_node.events import (
     SchedulerConfig, ShardsAdded, ShardsDropped, Tick, task_id_of,
 )
 from head_node.jobs import Job
+from head_node.eventlog import EventLog
 from head_node.journal import Journal
 from head_node.recovery import recover
 from head_node.providers import ProviderChannel
 from head_node.scheduler import Scheduler
 
 TICK_SECONDS = 0.05
+SNAPSHOT_SECONDS = 0.5  # how fresh the dashboard's view is
 #: counters reported from the start, at 0, so a reader never meets a missing key
 COUNTERS = (
     "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "tasks_accepted", "task_failures",
@@ -69,12 +71,15 @@ class HeadNode:
         self.jobs: dict[str, Job] = {}
         self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.journal = Journal(config.data_dir / "journal.sqlite")
+        self.events = EventLog(config.data_dir / "jobs")
         self._unjournaled: dict[str, list[tuple[int, str]]] = {}  # merged shards awaiting a group commit
         self.ctx = zmq.Context()
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.sockets: dict[str, zmq.Socket] = {}
         self._monitors: list[zmq.Socket] = []
+        self.snapshot: dict[str, Any] = {}
+        self._next_snapshot = 0.0
         self.keystore = KeyStore(config.data_dir)
         if not config.insecure and not self.keystore.initialized:
             self.keystore.init(default_advertise(config))
@@ -135,6 +140,7 @@ class HeadNode:
         poller = zmq.Poller()
         for sock in routes:
             poller.register(sock, zmq.POLLIN)
+        http = self._start_http()
         self.ready.set()
         next_tick = time.monotonic()
         try:
@@ -153,7 +159,24 @@ class HeadNode:
                     self.tick()
                     next_tick = time.monotonic() + TICK_SECONDS
         finally:
+            if http is not None:
+                http.stop()
             self.close()
+
+    def _start_http(self):
+        """The dashboard and metrics server (its own thread; it reads ``self.snapshot`` only)."""
+        if not self.config.http_port:
+            return None
+        from head_node.http import DashboardServer
+
+        self.refresh_snapshot()
+        server = DashboardServer(self)
+        server.start()
+        return server
+
+    def refresh_snapshot(self) -> None:
+        """Publish a copy of the state for other threads (replaced whole, never mutated)."""
+        self.snapshot = {**self.state(), "time": time.time()}
 
     def stop(self) -> None:
         self._stop.set()
@@ -161,6 +184,7 @@ class HeadNode:
     def close(self) -> None:
         self.commit_done()
         self.journal.close()
+        self.events.close()
         self.auth.stop()
         for sock in self.sockets.values():
             if self._monitors:
@@ -178,6 +202,10 @@ class HeadNode:
         self.providers.send_probes()
         self._close_late_rounds(now)
         self.commit_done()
+        self.events.flush()
+        if self.config.http_port and now >= self._next_snapshot:
+            self._next_snapshot = now + SNAPSHOT_SECONDS
+            self.refresh_snapshot()
 
     def _close_late_rounds(self, now: float) -> None:
         """A round past its deadline with enough shards done goes on without the stragglers."""
@@ -295,10 +323,12 @@ class HeadNode:
         msg = protocol.Task(task_id=task_id_of(job.job_id, a.index), job_id=job.job_id, attempt=a.attempt,
                             task_type=job.task_type, index=a.index, params=params, arrays=arrays)
         self.publish(a.provider_id, msg)
-        event = "task.speculated" if getattr(a, "speculative", False) else (
-            "task.assigned" if isinstance(a, Assign) else "task.republished")
-        self.log.debug(event, job_id=job.job_id, task_id=msg.task_id, attempt=a.attempt, provider_id=a.provider_id)
-        if getattr(a, "speculative", False):
+        speculative = getattr(a, "speculative", False)
+        kind = "speculate" if speculative else ("assign" if isinstance(a, Assign) else "republish")
+        self.log.debug(f"task.{kind}", job_id=job.job_id, task_id=msg.task_id, attempt=a.attempt,
+                       provider_id=a.provider_id)
+        self.events.record(job.job_id, kind, task_id=msg.task_id, attempt=a.attempt, provider_id=a.provider_id)
+        if speculative:
             self.counters["speculative_launches"] += 1
             job.speculated += 1
 
@@ -310,6 +340,8 @@ class HeadNode:
         self.counters["reassignments"] += 1
         self.log.info("task.requeued", job_id=a.job_id, task_id=task_id_of(a.job_id, a.index),
                       attempt=a.attempt, reason=a.reason)
+        self.events.record(a.job_id, "retry", task_id=task_id_of(a.job_id, a.index), attempt=a.attempt,
+                           reason=a.reason)
 
     def _merge(self, a: Merge, result: protocol.Result | None) -> None:
         job = self.jobs[a.job_id]
@@ -346,6 +378,9 @@ class HeadNode:
         self.commit_done()
         job.finish(status, error)
         self.journal.update_job(job)
+        self.events.record(job.job_id, "finish", status=status, error=error or None,
+                           elapsed=round(job.summary()["elapsed"], 6))
+        self.events.close_job(job.job_id)
         self.providers.forget_job(job.job_id)
         self.counters[f"jobs_{status}"] += 1
         self.log.info("job.finished", job_id=job.job_id, status=status, error=error or None,

@@ -190,6 +190,42 @@ def result(ctx, job_id, out, wait):
             raise ClientError(str(e)) from None
 
 
+@cli.command(epilog="Example: user-client events 3f2a9c1b7d4e")
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the job ends.")
+@click.pass_context
+def events(ctx, job_id, follow):
+    """Print a job's event log: submit, assign, accept, result, retry, speculate, finish (JSON lines)."""
+    import json
+    import time
+
+    with _client(ctx) as c:
+        job, offset = c.job(job_id), 0
+        try:
+            while True:
+                batch, offset = job.events(offset)
+                for event in batch:
+                    click.echo(json.dumps(event))
+                if not follow or (not batch and job.done()):
+                    return
+                if not batch:
+                    time.sleep(0.5)
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+
+
+@cli.command(epilog="Example: user-client watch 3f2a9c1b7d4e")
+@click.argument("job_id")
+@click.pass_context
+def watch(ctx, job_id):
+    """Follow a job with a live progress bar (shards or rounds, rate, ETA) until it ends."""
+    with _client(ctx) as c:
+        try:
+            _wait_and_save(c.job(job_id), None, True)
+        except ZComputeError as e:
+            raise ClientError(str(e)) from None
+
+
 @cli.command(epilog="Example: user-client cancel 3f2a9c1b7d4e")
 @click.argument("job_id")
 @click.pass_context

@@ -133,6 +133,11 @@ class JobHandle:
     def cancel(self) -> dict[str, Any]:
         return self.client.request(protocol.CancelJob(job_id=self.id)).job
 
+    def events(self, offset: int = 0, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+        """The job's event log from line ``offset``: (events, next offset)."""
+        reply = self.client.request(protocol.Events(job_id=self.id, offset=offset, limit=limit))
+        return reply.events, reply.next_offset
+
     def wait(self, timeout: float | None = None,
              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Poll until the job ends; raises ``TimeoutError``, ``JobFailed`` or ``JobCancelled``.

@@ -36,10 +36,12 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[dict[str, Any]], No
     bar = tqdm(unit="shard", desc="shards", leave=True)
     try:
         def update(summary: dict[str, Any]) -> None:
-            if bar.total != summary["total"]:
-                bar.total = summary["total"]
+            done, total = summary.get("progress_done", summary["done"]), summary.get("progress_total", summary["total"])
+            unit = summary.get("progress_unit", "shard")
+            if bar.total != total or bar.unit != unit:
+                bar.total, bar.unit, bar.desc = total, unit, f"{unit}s"
                 bar.refresh()
-            bar.update(summary["done"] - bar.n)
+            bar.update(done - bar.n)
         yield update
     finally:
         bar.close()

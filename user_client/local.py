@@ -28,10 +28,10 @@ class LocalCluster:
                  data_dir: str | Path | None = None, heartbeat_interval: float = 0.5, dead_after: float = 5.0,
                  log_level: str = "warning", head_args: list[str] | None = None,
                  provider_args: list[str] | None = None, env: dict[str, str] | None = None,
-                 start_timeout: float = 60.0, host: str = "127.0.0.1"):
+                 start_timeout: float = 60.0, host: str = "127.0.0.1", http_port: int = 0):
         self.n_providers, self.slots, self.blas_threads = providers, slots, blas_threads
         self.insecure, self.heartbeat_interval, self.dead_after = insecure, heartbeat_interval, dead_after
-        self.log_level, self.start_timeout, self.host = log_level, start_timeout, host
+        self.log_level, self.start_timeout, self.host, self.http_port = log_level, start_timeout, host, http_port
         self.head_args, self.provider_args = head_args or [], provider_args or []
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="zcompute-"))
@@ -84,6 +84,7 @@ class LocalCluster:
         self.head = self._spawn("head", [
             "-m", "head_node", "start", "--data-dir", str(self.data_dir / "head"), "--bind", self.host,
             "--port-base", str(self.address.base), "--dead-after", str(self.dead_after),
+            "--http-port", str(self.http_port),
             "--log-level", self.log_level, "--log-json", "--heartbeat-interval", str(self.heartbeat_interval),
             *(["--insecure"] if self.insecure else []), *self.head_args])
         return self.head

@@ -1,0 +1,60 @@
+"""Each job's events as JSON lines in ``DATA_DIR/jobs/JOB_ID/events.jsonl``:
+submit, assign, accept, result, retry, speculate, finish (and drop for fenced results)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import IO, Any
+
+
+class EventLog:
+    def __init__(self, jobs_dir: Path):
+        self.jobs_dir = jobs_dir
+        self._open: dict[str, IO[str]] = {}
+
+    def _file(self, job_id: str) -> IO[str]:
+        f = self._open.get(job_id)
+        if f is None:
+            path = self.jobs_dir / job_id / "events.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = self._open[job_id] = open(path, "a", encoding="utf-8")
+        return f
+
+    def record(self, job_id: str, event: str, **fields: Any) -> None:
+        line = json.dumps({"time": round(time.time(), 6), "event": event, "job_id": job_id, **fields})
+        self._file(job_id).write(line + "\n")
+
+    def flush(self) -> None:
+        """Called every tick: buffered writes reach the file within ~50 ms."""
+        for f in self._open.values():
+            f.flush()
+
+    def close_job(self, job_id: str) -> None:
+        f = self._open.pop(job_id, None)
+        if f is not None:
+            f.close()
+
+    def close(self) -> None:
+        for job_id in list(self._open):
+            self.close_job(job_id)
+
+    def read(self, job_id: str, offset: int = 0, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+        """Events from line ``offset`` on (at most ``limit``), and the offset after them."""
+        f = self._open.get(job_id)
+        if f is not None:
+            f.flush()
+        path = self.jobs_dir / job_id / "events.jsonl"
+        if not path.exists():
+            return [], offset
+        events = []
+        with open(path, encoding="utf-8") as src:
+            for i, line in enumerate(src):
+                if i < offset:
+                    continue
+                if len(events) >= limit:
+                    break
+                if line.endswith("\n"):  # a line still being written is left for the next read
+                    events.append(json.loads(line))
+        return events, offset + len(events)
