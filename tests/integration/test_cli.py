@@ -58,7 +58,7 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
     env = {PARENT_PID_ENV: str(os.getpid()), "ZCOMPUTE_HEARTBEAT_INTERVAL": "0.2"}
     logs = open(tmp_path / "procs.log", "wb")
     procs = [subprocess.Popen([str(BIN / "head-node"), "start", "--data-dir", head_dir,
-                               "--bind", "127.0.0.1", "--port-base", str(base)],
+                               "--bind", "127.0.0.1", "--port-base", str(base), "--http-port", "0"],
                               stdout=logs, stderr=logs, env={**os.environ, **env})]
     for i in range(2):
         procs.append(subprocess.Popen([str(BIN / "provider"), "start", "--data-dir", str(tmp_path / f"p{i}")],
