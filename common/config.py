@@ -78,6 +78,7 @@ class HeadConfig:
     timing: Timing = field(default_factory=Timing)
     limits: Limits = field(default_factory=Limits)
     max_attempts: int = 3  # a shard failing this often fails its job
+    prefetch: int = 0  # shards a provider may hold beyond its slots (input transfer overlaps compute)
     speculate: bool = True  # copy straggling shards to idle providers
     speculate_after: float = 0.75  # fraction of a job done before it speculates
     straggler_factor: float = 1.2  # a shard running this many times the job's mean shard time straggles

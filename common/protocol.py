@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-from common.codec import DEFAULT_LIMITS, Limits, check_array_meta, decode_array, encode_array
+from common.codec import DEFAULT_LIMITS, Limits, check_array_meta, decode_array, encode_array, frame_count
 from common.errors import DecodeError
 
 VERSION = 1
@@ -370,9 +370,9 @@ def encode(msg: Message, topic: str | None = None, compression: str = "auto") ->
     """Frames for ``msg``; prefix the PUB ``topic`` when given. Array frames are not copied."""
     metas, payloads = [], []
     for name, arr in msg.arrays.items():
-        meta, payload = encode_array(name, arr, compression)
+        meta, parts = encode_array(name, arr, compression)
         metas.append(meta)
-        payloads.append(payload)
+        payloads.extend(parts)
     body = {name: getattr(msg, name) for name in _FIELDS[msg.type]}
     header = {"v": VERSION, "type": msg.type.value, "id": msg.id, "token": msg.token, "body": body, "arrays": metas}
     frames: list[Any] = [msgpack.packb(header, use_bin_type=True), *payloads]
@@ -424,8 +424,8 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
         raise DecodeError("body must be a map and arrays a list")
     if _depth(body) > _MAX_DEPTH:
         raise DecodeError(f"body is nested deeper than {_MAX_DEPTH} levels")
-    if len(metas) > limits.max_arrays or len(metas) != len(frames) - 1:
-        raise DecodeError(f"header lists {len(metas)} arrays but {len(frames) - 1} frames follow")
+    if len(metas) > limits.max_arrays:
+        raise DecodeError(f"header lists {len(metas)} arrays, over the limit of {limits.max_arrays}")
     fields = _FIELDS[mtype]
     if not all(isinstance(k, str) for k in body):
         raise DecodeError(f"{mtype.value}: body keys must be strings")
@@ -444,9 +444,14 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
     decoded_total = sum(check_array_meta(meta, limits)[4] for meta in metas)
     if decoded_total > limits.max_message_bytes:  # compressed frames may not expand past the limit either
         raise DecodeError(f"arrays decode to {decoded_total} bytes, over the limit of {limits.max_message_bytes}")
-    arrays = {}
-    for meta, frame in zip(metas, frames[1:]):
-        name, arr = decode_array(meta, getattr(frame, "buffer", frame), limits)
+    expected = sum(frame_count(meta) for meta in metas)
+    if expected != len(frames) - 1:
+        raise DecodeError(f"header lists {len(metas)} arrays in {expected} frames but {len(frames) - 1} frames follow")
+    arrays, pos = {}, 1
+    for meta in metas:
+        count = frame_count(meta)
+        name, arr = decode_array(meta, [getattr(f, "buffer", f) for f in frames[pos:pos + count]], limits)
+        pos += count
         if name in arrays:
             raise DecodeError(f"array {name!r} appears twice")
         arrays[name] = arr

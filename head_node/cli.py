@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from common import cli_options as opt
+from common import configfile
 from common.codec import Limits
 from common.config import DEFAULT_DATA_DIR, DEFAULT_PORT_BASE, HeadAddress, HeadConfig, Timing
 from common.errors import ConfigError, TransportError
@@ -20,6 +21,7 @@ from common.logs import get_logger, setup_logging
 
 
 @click.group(help="zcompute head node: takes jobs from clients and shards them across providers.")
+@configfile.option("head")
 def cli() -> None:
     pass
 
@@ -40,6 +42,9 @@ def cli() -> None:
               show_default=True, help="Re-publish an assignment not accepted within this many seconds.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=3, envvar=opt.env("MAX_ATTEMPTS"),
               show_default=True, help="Failures of one shard that fail its job.")
+@click.option("--prefetch", type=click.IntRange(0, 16), default=0, envvar=opt.env("PREFETCH"), show_default=True,
+              help="Shards a provider may hold beyond its slots, so the next input arrives during compute "
+                   "(a straggler then holds more work: keep 0 unless providers are alike).")
 @click.option("--speculate/--no-speculate", default=True, envvar=opt.env("SPECULATE"), show_default=True,
               help="Copy straggling shards to idle providers; the first result wins.")
 @click.option("--speculate-after", type=click.FloatRange(0, 1), default=0.75, envvar=opt.env("SPECULATE_AFTER"),
@@ -65,7 +70,7 @@ def cli() -> None:
 @opt.log_level
 @opt.log_json
 def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_after, ack_timeout, max_attempts,
-          speculate, speculate_after, straggler_factor, max_queued_jobs, max_message_mb, compression, allow_any_key,
+          prefetch, speculate, speculate_after, straggler_factor, max_queued_jobs, max_message_mb, compression, allow_any_key,
           advertise, http_port, http_host, insecure, log_level, log_json):
     """Serve until stopped (Ctrl-C or SIGTERM closes cleanly)."""
     from head_node.server import HeadNode
@@ -76,7 +81,7 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
         timing=Timing(heartbeat_interval=heartbeat_interval, liveness=liveness, dead_after=dead_after,
                       ack_timeout=ack_timeout),
         limits=Limits(max_message_bytes=max_message_mb * 1024 * 1024), max_attempts=max_attempts,
-        speculate=speculate, speculate_after=speculate_after, straggler_factor=straggler_factor,
+        prefetch=prefetch, speculate=speculate, speculate_after=speculate_after, straggler_factor=straggler_factor,
         max_queued_jobs_per_client=max_queued_jobs, compression=compression, allow_any_key=allow_any_key,
         advertise=advertise, http_port=http_port, http_host=http_host,
     )
@@ -171,6 +176,9 @@ def peers(data_dir):
         expires = datetime.datetime.fromtimestamp(p["exp"]).strftime("%Y-%m-%d %H:%M")
         state = "revoked" if p["revoked"] else ("expired" if p["exp"] < time.time() else "active")
         click.echo(f"{p['name']:<20} {p['role']:<9} {jti:<33} {expires:<17} {state}")
+
+
+cli.add_command(configfile.config_group("head"))
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ class SchedulerConfig:
     dead_after: float = 10.0  # silence before a provider's leases are requeued
     ack_timeout: float = 2.0  # re-publish an assignment not accepted within this
     max_attempts: int = 3  # failures of one shard that fail its job
+    prefetch: int = 0  # shards a provider may hold beyond its slots, so its next input arrives while it computes
     speculate: bool = True
     speculate_after: float = 0.75  # fraction of a job's shards done before speculating
     straggler_factor: float = 1.2  # a shard running this many times the mean is a straggler

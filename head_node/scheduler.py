@@ -27,12 +27,13 @@ class _Provider:
     slots: int
     task_types: frozenset[str]
     last_seen: float
+    prefetch: int = 0
     state: str = "ready"  # ready | suspect | draining
     leases: set[tuple[str, int]] = field(default_factory=set)  # (job_id, index)
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.leases) if self.state == "ready" else 0
+        return self.slots + self.prefetch - len(self.leases) if self.state == "ready" else 0
 
 
 @dataclass
@@ -142,7 +143,8 @@ class Scheduler:
     def _on_provider_ready(self, ev: ProviderReady) -> list[Action]:
         old = self.providers.get(ev.provider_id)
         actions = self._drop_provider(old, ev.now, exclude=False) if old else []
-        self.providers[ev.provider_id] = _Provider(ev.provider_id, ev.slots, frozenset(ev.task_types), ev.now)
+        self.providers[ev.provider_id] = _Provider(ev.provider_id, ev.slots, frozenset(ev.task_types), ev.now,
+                                                   prefetch=self.config.prefetch)
         return actions
 
     def _on_provider_seen(self, ev: ProviderSeen) -> list[Action]:

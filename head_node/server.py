@@ -67,6 +67,7 @@ class HeadNode:
             heartbeat_interval=t.heartbeat_interval, liveness=t.liveness, dead_after=t.dead_after,
             ack_timeout=t.ack_timeout, max_attempts=config.max_attempts, speculate=config.speculate,
             speculate_after=config.speculate_after, straggler_factor=config.straggler_factor,
+            prefetch=config.prefetch,
         ))
         self.jobs: dict[str, Job] = {}
         self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})

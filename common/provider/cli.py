@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from common import cli_options as opt
+from common import configfile
 from common.config import DEFAULT_DATA_DIR, HeadAddress, ProviderConfig, Timing
 from common.errors import ConfigError
 from common.lifecycle import watch_parent
@@ -50,6 +51,7 @@ def resolve_join(join_text: str | None, data_dir: Path, insecure: bool) -> Join 
 
 def make_cli(platform_name: str, default_device: str) -> click.Group:
     @click.group(help=f"zcompute provider ({platform_name}): computes shards for a head node.")
+    @configfile.option("provider")
     def cli() -> None:
         pass
 
@@ -93,6 +95,7 @@ def make_cli(platform_name: str, default_device: str) -> click.Group:
                                 timing=Timing(heartbeat_interval=heartbeat_interval))
         run_provider(config)
 
+    cli.add_command(configfile.config_group("provider"))
     return cli
 
 

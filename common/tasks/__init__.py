@@ -6,6 +6,7 @@ from importlib.metadata import entry_points
 
 from common.logs import get_logger
 from common.tasks.base import JobView, Shard, TaskType
+from common.tasks.filemean import FileMeanTask
 from common.tasks.matmul import MatmulTask
 from common.tasks.noop import NoopTask
 from common.tasks.train import TrainTask
@@ -13,7 +14,7 @@ from common.tasks.train import TrainTask
 __all__ = ["JobView", "Shard", "TaskType", "load_task_types", "BUILTIN"]
 
 ENTRY_POINT_GROUP = "zcompute.tasks"
-BUILTIN: dict[str, type[TaskType]] = {cls.name: cls for cls in (MatmulTask, NoopTask, TrainTask)}
+BUILTIN: dict[str, type[TaskType]] = {cls.name: cls for cls in (FileMeanTask, MatmulTask, NoopTask, TrainTask)}
 log = get_logger(__name__)
 
 

@@ -68,9 +68,10 @@ def test_choose_codec_auto_keeps_small_arrays_raw():
                          ids=["tiny", "random", "empty"])
 def test_forced_codecs(policy, arr):
     assert choose_codec(arr, policy) == policy
-    meta, payload = encode_array("x", arr, policy)
+    meta, payloads = encode_array("x", arr, policy)
     assert meta == {"name": "x", "dtype": arr.dtype.str, "shape": list(arr.shape), "codec": policy,
                     "nbytes": arr.nbytes}
+    (payload,) = payloads
     if policy == "zstd":
         assert zstandard.frame_content_size(bytes(payload)) == arr.nbytes
     else:
@@ -110,10 +111,22 @@ def test_compression_ratio_reads_only_a_sample():
 
 def test_decode_array_raw_is_a_read_only_view_of_bytes():
     arr = np.arange(12, dtype=np.int16).reshape(3, 4)
-    meta, payload = encode_array("a", arr, "raw")
+    meta, (payload,) = encode_array("a", arr, "raw")
     _, back = decode_array(meta, bytes(payload))
     np.testing.assert_array_equal(back, arr)
     assert not back.flags.writeable
+
+
+def test_large_raw_arrays_travel_in_1mib_frames_and_reassemble():
+    arr = np.arange(700_000, dtype=np.float32)  # 2.8 MB: three frames
+    meta, payloads = encode_array("a", arr, "raw")
+    assert meta["frames"] == 3 and [len(p) for p in payloads] == [1 << 20, 1 << 20, arr.nbytes - (2 << 20)]
+    _, back = decode_array(meta, [bytes(p) for p in payloads])
+    np.testing.assert_array_equal(back, arr)
+    with pytest.raises(DecodeError, match="frames hold"):
+        decode_array(meta, [bytes(p) for p in payloads[:2]] + [b"x"])
+    with pytest.raises(DecodeError, match="bad frame count"):
+        decode_array({**meta, "codec": "zstd"}, [bytes(p) for p in payloads])
 
 
 def test_check_array_meta_returns_typed_fields():

@@ -321,7 +321,7 @@ def test_rejects_body_nested_too_deep():
 def test_rejects_arrays_count_not_matching_frames(n_metas, n_frames):
     metas = [_meta(name=f"a{i}") for i in range(n_metas)]
     frames = [_pack(_header(arrays=metas))] + [bytes(48)] * n_frames
-    _reject(frames, f"header lists {n_metas} arrays but {n_frames} frames follow")
+    _reject(frames, f"header lists {n_metas} arrays in {n_metas} frames but {n_frames} frames follow")
 
 
 def test_rejects_too_many_arrays():

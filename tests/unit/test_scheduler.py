@@ -11,7 +11,8 @@ from head_node.events import (
 )
 from head_node.scheduler import Scheduler
 
-CFG = SchedulerConfig(heartbeat_interval=1.0, liveness=3, dead_after=10.0, ack_timeout=2.0, max_attempts=3)
+CFG = SchedulerConfig(heartbeat_interval=1.0, liveness=3, dead_after=10.0, ack_timeout=2.0, max_attempts=3,
+                      prefetch=0)  # most tests count slots exactly; test_prefetch covers the extra shard
 
 
 def make(**over) -> Scheduler:
@@ -494,3 +495,36 @@ def test_provider_seen_adopts_a_pending_recovered_shard():
     assert ok(s, "j", 0, 2, "p1", now=102.0) == [Merge("j", 0, 2, "p1")]
     # a failure of a recovered attempt that nobody holds is dropped (the shard is pending anyway)
     assert s.handle(TaskFailed(102.0, "j", 1, 0, "p7", error="old")) == []
+
+
+def test_prefetch_leases_one_shard_beyond_the_slots():
+    s = make(prefetch=1)
+    s.handle(ProviderReady(0.0, "p", 2, ("noop",)))
+    actions = s.handle(JobAdded(0.0, "j", "noop", tuple(range(5))))
+    assert [a.index for a in actions if isinstance(a, Assign)] == [0, 1, 2]
+    assert s.ready_slots("noop") == 2  # planning counts real slots, not the prefetch
+
+
+def test_uncounted_failure_requeues_without_penalty_or_exclusion():
+    s = make()
+    s.handle(ProviderReady(0.0, "p", 1, ("noop",)))
+    s.handle(JobAdded(0.0, "j", "noop", (0,)))
+    actions = s.handle(TaskFailed(1.0, "j", 0, 0, "p", error="cache_miss", counted=False))
+    assert any(isinstance(a, Republish) and a.provider_id is None and a.attempt == 1 for a in actions)
+    assert [(a.provider_id, a.attempt) for a in actions if isinstance(a, Assign)] == [("p", 1)]
+    for attempt in range(1, 6):  # never fails the job, however often it misses
+        actions = s.handle(TaskFailed(2.0, "j", 0, attempt, "p", error="cache_miss", counted=False))
+        assert not any(isinstance(a, JobFailed) for a in actions)
+
+
+def test_dropped_shards_are_cancelled_and_forgotten():
+    from head_node.events import ShardsDropped
+
+    s = make()
+    s.handle(ProviderReady(0.0, "p", 2, ("noop",)))
+    s.handle(JobAdded(0.0, "j", "noop", (0, 1, 2)))
+    actions = s.handle(ShardsDropped(1.0, "j", (1, 2)))
+    assert {(a.provider_id, a.index) for a in actions if isinstance(a, Cancel)} == {("p", 1)}
+    assert s.job_progress("j") == (0, 1)
+    actions = s.handle(TaskSucceeded(2.0, "j", 0, 0, "p"))
+    assert any(isinstance(a, JobRoundDone) for a in actions)
