@@ -13,6 +13,8 @@ class SchedulerConfig:
     ack_timeout: float = 2.0  # re-publish an assignment not accepted within this
     max_attempts: int = 3  # failures of one shard that fail its job
     prefetch: int = 0  # shards a provider may hold beyond its slots, so its next input arrives while it computes
+    tiny_shard_seconds: float = 0.02  # a job whose shards compute faster than this is latency-bound...
+    tiny_prefetch: int = 64  # ...so each provider may hold this many of its shards beyond its slots
     speculate: bool = True
     speculate_after: float = 0.75  # fraction of a job's shards done before speculating
     straggler_factor: float = 1.2  # a shard running this many times the mean is a straggler
@@ -106,7 +108,7 @@ class TaskAccepted(_TaskEvent):
 
 @dataclass(frozen=True)
 class TaskSucceeded(_TaskEvent):
-    pass
+    elapsed: float = -1.0  # compute seconds as the provider measured them (-1: unknown)
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ class ProviderChannel:
         self._task_event(TaskAccepted, msg, principal)  # validates only; progress is informational
 
     def _on_result(self, msg: protocol.Result, principal: "Principal") -> None:
-        event = self._task_event(TaskSucceeded, msg, principal)
+        event = self._task_event(TaskSucceeded, msg, principal, elapsed=msg.elapsed)
         if not self.head.sched.lease_holder(event.job_id, event.index, event.attempt, event.provider_id):
             self.head.counters["results_fenced"] += 1
             self.log.info("task.result_dropped", job_id=event.job_id, task_id=msg.task_id,

@@ -27,13 +27,12 @@ class _Provider:
     slots: int
     task_types: frozenset[str]
     last_seen: float
-    prefetch: int = 0
     state: str = "ready"  # ready | suspect | draining
     leases: set[tuple[str, int]] = field(default_factory=set)  # (job_id, index)
 
-    @property
-    def free(self) -> int:
-        return self.slots + self.prefetch - len(self.leases) if self.state == "ready" else 0
+    def free(self, extra: int) -> int:
+        """Shards it may take now, holding ``extra`` beyond its slots."""
+        return self.slots + extra - len(self.leases) if self.state == "ready" else 0
 
 
 @dataclass
@@ -64,10 +63,13 @@ class _Job:
     seq: int
     shards: dict[int, _Shard] = field(default_factory=dict)
     pending: deque[int] = field(default_factory=deque)
-    durations: list[float] = field(default_factory=list)
+    duration_sum: float = 0.0  # lease-to-result seconds of finished shards, for the straggler threshold
+    duration_count: int = 0
+    compute_ewma: float | None = None  # provider-measured compute seconds per shard (recent)
     done: int = 0
     speculated: set[int] = field(default_factory=set)
     round: set[int] = field(default_factory=set)  # the latest batch of shards (a round of a multi-round job)
+    round_done: int = 0
 
     @property
     def order(self) -> tuple[int, int]:
@@ -143,8 +145,7 @@ class Scheduler:
     def _on_provider_ready(self, ev: ProviderReady) -> list[Action]:
         old = self.providers.get(ev.provider_id)
         actions = self._drop_provider(old, ev.now, exclude=False) if old else []
-        self.providers[ev.provider_id] = _Provider(ev.provider_id, ev.slots, frozenset(ev.task_types), ev.now,
-                                                   prefetch=self.config.prefetch)
+        self.providers[ev.provider_id] = _Provider(ev.provider_id, ev.slots, frozenset(ev.task_types), ev.now)
         return actions
 
     def _on_provider_seen(self, ev: ProviderSeen) -> list[Action]:
@@ -224,7 +225,7 @@ class Scheduler:
 
     @staticmethod
     def _add_shards(job: _Job, indices, attempts: dict[int, int] | None, recovered: bool = False) -> None:
-        job.round = set(indices)
+        job.round, job.round_done = set(indices), 0
         for i in indices:
             job.shards[i] = _Shard(i, attempt=(attempts or {}).get(i, 0), recovered=recovered)
             job.pending.append(i)
@@ -239,6 +240,7 @@ class Scheduler:
         actions: list[Action] = []
         for index in ev.indices:
             shard = job.shards.pop(index, None)
+            job.round.discard(index)
             if shard is None or shard.done:
                 continue
             if index in job.pending:
@@ -277,9 +279,14 @@ class Scheduler:
         if lease is None:  # an adopted result from before a head restart
             job.pending.remove(ev.index)
         else:
-            job.durations.append(max(0.0, ev.now - lease.started))
+            job.duration_sum += max(0.0, ev.now - lease.started)
+            job.duration_count += 1
+        if ev.elapsed >= 0:
+            job.compute_ewma = ev.elapsed if job.compute_ewma is None else 0.8 * job.compute_ewma + 0.2 * ev.elapsed
         shard.done = True
         job.done += 1
+        if ev.index in job.round:
+            job.round_done += 1
         actions: list[Action] = [Merge(ev.job_id, ev.index, ev.attempt, ev.provider_id)]
         for pid, other in list(shard.leases.items()):
             if pid != ev.provider_id:  # the speculative loser
@@ -347,13 +354,12 @@ class Scheduler:
         leased = [(self.jobs[j], i) for p in self.providers.values() for j, i in p.leases]
         for job, index in leased:
             shard = job.shards[index]
-            if len(shard.leases) != 1 or index in job.speculated or not job.durations:
+            if len(shard.leases) != 1 or index in job.speculated or not job.duration_count:
                 continue
-            round_done = sum(1 for i in job.round if i in job.shards and job.shards[i].done)
-            if round_done <= cfg.speculate_after * len(job.round):  # "over 75 % done", of the current round
+            if job.round_done <= cfg.speculate_after * len(job.round):  # "over 75 % done", of the current round
                 continue
             (holder, lease), = shard.leases.items()
-            if now - lease.started <= cfg.straggler_factor * (sum(job.durations) / len(job.durations)):
+            if now - lease.started <= cfg.straggler_factor * job.duration_sum / job.duration_count:
                 continue
             idle = self._pick_provider(job, shard, exclude={holder}, idle_only=True)
             if idle is not None:
@@ -381,14 +387,24 @@ class Scheduler:
     def _pick_provider(self, job: _Job, shard: _Shard, exclude: set[str], idle_only: bool = False) -> str | None:
         """The supporting provider with the most free slots (ties: the first registered)."""
         best, best_free = None, 0
+        extra = self._extra_leases(job)
         for p in self.providers.values():
             if job.task_type not in p.task_types or p.provider_id in exclude or p.provider_id in shard.leases:
                 continue
             if idle_only and p.leases:
                 continue
-            if p.free > best_free:
-                best, best_free = p.provider_id, p.free
+            free = p.free(extra)
+            if free > best_free:
+                best, best_free = p.provider_id, free
         return best
+
+    def _extra_leases(self, job: _Job) -> int:
+        """Shards beyond its slots a provider may hold for this job: many when shards are tiny, so the
+        round trip per shard does not bound the rate."""
+        cfg = self.config
+        if job.compute_ewma is not None and job.compute_ewma < cfg.tiny_shard_seconds:
+            return max(cfg.prefetch, cfg.tiny_prefetch)
+        return cfg.prefetch
 
     def _lease(self, job: _Job, shard: _Shard, provider_id: str, now: float, speculative: bool = False) -> Assign:
         shard.leases[provider_id] = _Lease(provider_id, shard.attempt, now, now + self.config.ack_timeout)
