@@ -85,6 +85,8 @@ class Provider:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=self.config.blas_threads):
+            if self.torch is not None:
+                self.torch.set_num_threads(self.config.blas_threads)  # torch keeps its own thread pool
             self.gflops = measure_gflops()
             self._open_sockets()
             try:
