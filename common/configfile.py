@@ -194,13 +194,15 @@ def show_lines(sub: click.Context, section: str, as_toml: bool) -> list[str]:
 def config_group(section: str) -> click.Group:
     """``config show``: each setting of ``start``, its value and where it came from."""
 
-    @click.group("config", help=f"The settings file ([{section}] of {DEFAULT_PATH} or --config FILE).")
+    @click.group("config", help=f"The settings in effect: flags, ZCOMPUTE_* variables, [{section}] of the config "
+                                f"file, defaults.")
     def group() -> None:
         pass
 
+    program, flag = ("head-node", "--dead-after 30") if section == "head" else ("provider", "--slots 2")
+
     @group.command("show", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                   epilog=f"Example: {'head-node' if section == 'head' else 'provider'} config show --toml "
-                          f"> {DEFAULT_PATH}")
+                   epilog=f"Example: {program} config show --toml {flag} > new.toml")
     @click.option("--toml", "as_toml", is_flag=True, help="Print a config file holding the settings in effect.")
     @click.argument("start_args", nargs=-1, type=click.UNPROCESSED)
     @click.pass_context
@@ -234,7 +236,7 @@ def command_line_args(sub: click.Context, skip: set[str] = frozenset()) -> list[
             if value:
                 args.append(p.opts[0])
         else:
-            args += [p.opts[0], str(value)]
+            args += ["--" + key_of(p), str(value)]
     return args
 
 

@@ -36,7 +36,8 @@ class LocalCluster:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="zcompute-"))
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("ZCOMPUTE_")}  # ours, not the shell's
-        self.env = {**inherited, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
+        # ZCOMPUTE_CONFIG=none: a developer's ~/.zcompute/zcompute.toml must not change a local cluster
+        self.env = {**inherited, "ZCOMPUTE_CONFIG": "none", **(env or {}), PARENT_PID_ENV: str(os.getpid())}
         self.env.setdefault("OMP_NUM_THREADS", str(blas_threads))
         self.head: subprocess.Popen | None = None
         self.providers: list[subprocess.Popen] = []

@@ -21,13 +21,15 @@ from common.logs import get_logger, setup_logging
 from common.security import Join, write_secret
 
 
-def run_provider(config: ProviderConfig) -> None:
+def run_provider(config: ProviderConfig, on_start=None) -> None:
     from common.provider.runtime import Provider
 
     provider = Provider(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: provider.stop())
     watch_parent(provider.stop)
+    if on_start is not None:
+        on_start(provider)  # platform hook: keep-awake (macOS), console events (Windows)
     provider.run()
 
 
@@ -49,7 +51,7 @@ def resolve_join(join_text: str | None, data_dir: Path, insecure: bool) -> Join 
                            "--role provider --name NAME`) or --insecure for a head started with --insecure")
 
 
-def make_cli(platform_name: str, default_device: str) -> click.Group:
+def make_cli(platform_name: str, default_device: str, on_start=None) -> click.Group:
     @click.group(help=f"zcompute provider ({platform_name}): computes shards for a head node.")
     @configfile.option("provider")
     def cli() -> None:
@@ -93,7 +95,7 @@ def make_cli(platform_name: str, default_device: str) -> click.Group:
                                 slots=slots,
                                 blas_threads=blas_threads, device=device, insecure=insecure,
                                 timing=Timing(heartbeat_interval=heartbeat_interval))
-        run_provider(config)
+        run_provider(config, on_start)
 
     cli.add_command(configfile.config_group("provider"))
     return cli
