@@ -46,6 +46,10 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+#: process-wide array byte counts: raw (as numpy holds them) and on the wire, each way
+STATS = {"array_bytes_raw_sent": 0, "array_bytes_wire_sent": 0,
+         "array_bytes_raw_received": 0, "array_bytes_wire_received": 0}
+
 
 def _shuffle(buf: np.ndarray) -> bytes:
     item = buf.dtype.itemsize
@@ -101,6 +105,8 @@ def encode_array(name: str, arr: np.ndarray, policy: str = "auto") -> tuple[dict
     else:
         payloads = [b""]
     meta = {"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "codec": codec, "nbytes": arr.nbytes}
+    STATS["array_bytes_raw_sent"] += arr.nbytes
+    STATS["array_bytes_wire_sent"] += sum(len(p) for p in payloads)
     if len(payloads) > 1:
         meta["frames"] = len(payloads)
     return meta, payloads
@@ -161,6 +167,8 @@ def decode_array(meta: Any, frames: Any, limits: Limits = DEFAULT_LIMITS) -> tup
     are read-only views of the received frame."""
     name, dt, shape, codec, nbytes = check_array_meta(meta, limits)
     buf = _joined(name, frames if isinstance(frames, list) else [frames], nbytes)
+    STATS["array_bytes_raw_received"] += nbytes
+    STATS["array_bytes_wire_received"] += len(buf) if codec == "zstd" else nbytes
     if codec == "raw":
         if len(buf) != nbytes:
             raise DecodeError(f"array {name!r}: frame has {len(buf)} bytes, header says {nbytes}")

@@ -68,7 +68,8 @@ def make_socket(
 
 
 def send(sock: zmq.Socket, msg: protocol.Message, *, envelope: list[bytes] | None = None,
-         topic: str | None = None, compression: str = "auto", flags: int = 0) -> None:
+         topic: str | None = None, compression: str = "auto", flags: int = 0) -> int:
+    """Send ``msg``; return the bytes put on the wire (0 when a test fault dropped it)."""
     frames = protocol.encode(msg, topic=topic, compression=compression)
     if envelope:
         frames = [*envelope, *frames]
@@ -76,10 +77,15 @@ def send(sock: zmq.Socket, msg: protocol.Message, *, envelope: list[bytes] | Non
     try:
         for _ in range(copies):
             sock.send_multipart(frames, flags=flags, copy=False)
+        return copies * frames_bytes(frames)
     except zmq.Again as e:
         raise TransportError(f"send of {msg.type.value} would block (peer gone or high-water mark)") from e
     except zmq.ZMQError as e:
         raise TransportError(f"send of {msg.type.value} failed: {e}") from e
+
+
+def frames_bytes(frames: list[Any]) -> int:
+    return sum(memoryview(getattr(f, "buffer", f)).nbytes for f in frames)
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[Any]:

@@ -75,6 +75,9 @@ class ClientApi:
         if bad:
             raise ValidationError(f"array names must be letters, digits, '_' or '-' (1-64 characters): {bad}")
         params = task.validate(msg.params, msg.arrays)
+        count = task.shard_count(params)
+        if count is not None and count > head.config.max_shards_per_job:
+            raise ValidationError(f"{count} shards exceeds the limit of {head.config.max_shards_per_job}")
         providers = [p for p in head.providers.registry.values() if p.state == "ready"]
         if providers and not any(msg.task_type in p.task_types for p in providers):
             raise ValidationError(f"no ready provider supports task type {msg.task_type!r}")
@@ -132,7 +135,7 @@ class ClientApi:
         return protocol.ProviderList(providers=self.head.providers.summaries())
 
     def _on_stats(self, msg: protocol.Stats, principal: "Principal") -> protocol.Message:
-        counters = dict(self.head.counters)
+        counters = dict(self.head.state()["counters"])
         counters["zap_denied"] = self.head.auth.zap_denied
         return protocol.StatsReply(epoch=self.head.epoch, counters=counters)
 

@@ -12,13 +12,13 @@ import json
 import re
 import socket
 import threading
+from collections import deque
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, urlsplit
-
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from common.errors import AuthError, TransportError
 from common.logs import get_logger
@@ -34,6 +34,8 @@ ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; ch
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 READ_ROLES = ("admin", "viewer")
 MAX_EVENTS = 10_000
+HISTORY_SECONDS = 1.0  # one sample of the figures per second ...
+HISTORY_SAMPLES = 120  # ... for two minutes: a page opened now draws its charts at once
 _JOB_EVENTS = re.compile(r"^/api/jobs/([0-9a-zA-Z_-]{1,64})/events$")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -87,18 +89,18 @@ class DashboardServer:
         self.log = get_logger("head.http")
         self.guard = Guard(head)
         self.metrics = Metrics(lambda: self.head.snapshot, lambda: self.guard.failures)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SAMPLES)
+        self._history_lock = threading.Lock()
         self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.routes: dict[str, Callable[[dict[str, list[str]]], tuple[str, bytes]]] = {
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.routes: dict[str, Callable[[dict[str, list[str]], Message], tuple[str, bytes]]] = {
             "/": self._index,
             "/index.html": self._index,
             "/api/state": self._state,
+            "/api/history": self._history,
             "/metrics": self._metrics,
         }
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self._httpd.server_address[:2]
 
     def start(self) -> None:
         host, port = self.head.config.http_host, self.head.config.http_port
@@ -106,31 +108,52 @@ class DashboardServer:
             self._httpd = _Server((host, port), self)
         except OSError as e:
             raise TransportError(f"cannot bind the HTTP server on {host}:{port}: {e}") from e
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="head-http", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="head-http",
+                             daemon=True),
+            threading.Thread(target=self._sample, name="head-http-history", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
         self.log.info("http.listening", url=f"http://{_url_host(host)}:{port}/", token_required=self.guard.required)
 
     def stop(self) -> None:
         if self._httpd is None:
             return
+        self._stop.set()
         self._httpd.shutdown()
         self._httpd.server_close()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self._httpd = None
 
-    # -- routes: each returns (content type, body) or raises HttpError ---------
+    def _sample(self) -> None:
+        last = None
+        while not self._stop.wait(HISTORY_SECONDS):
+            snap = self.head.snapshot
+            if snap.get("time") != last:
+                last = snap.get("time")
+                sample = {"time": last, "figures": figures(snap, self.guard.failures)}
+                with self._history_lock:
+                    self.history.append(sample)
 
-    def _index(self, query: dict[str, list[str]]) -> tuple[str, bytes]:
+    # -- routes: (query, request headers) -> (content type, body), or raise HttpError
+
+    def _index(self, query: dict[str, list[str]], headers: Message) -> tuple[str, bytes]:
         return "text/html; charset=utf-8", (STATIC / "index.html").read_bytes()
 
-    def _state(self, query: dict[str, list[str]]) -> tuple[str, bytes]:
+    def _state(self, query: dict[str, list[str]], headers: Message) -> tuple[str, bytes]:
         snap = self.head.snapshot
         body = {**snap, "figures": figures(snap, self.guard.failures)}
         return "application/json", json.dumps(body, default=str).encode()
 
-    def _metrics(self, query: dict[str, list[str]]) -> tuple[str, bytes]:
-        return CONTENT_TYPE_LATEST, self.metrics.render()
+    def _history(self, query: dict[str, list[str]], headers: Message) -> tuple[str, bytes]:
+        with self._history_lock:
+            samples = list(self.history)
+        return "application/json", json.dumps({"samples": samples}).encode()
+
+    def _metrics(self, query: dict[str, list[str]], headers: Message) -> tuple[str, bytes]:
+        return self.metrics.render(headers.get("Accept", ""))
 
     def job_events(self, job_id: str, query: dict[str, list[str]]) -> tuple[str, bytes]:
         """Read the file directly: the loop thread owns EventLog's open handles (and flushes them every tick)."""
@@ -213,14 +236,15 @@ class _Handler(BaseHTTPRequestHandler):
             route = dashboard.routes.get(url.path)
             match = _JOB_EVENTS.match(url.path)
             if route is not None:
-                content_type, body = route(query)
+                content_type, body = route(query, self.headers)
             elif match:
                 content_type, body = dashboard.job_events(match[1], query)
             else:
                 raise HttpError(HTTPStatus.NOT_FOUND, f"nothing at {url.path}")
         except HttpError as e:
-            dashboard.log.info("http.refused", path=url.path, status=e.status.value, reason=str(e),
-                               peer=self.client_address[0])
+            auth = e.status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN)
+            (dashboard.log.warning if auth else dashboard.log.debug)(
+                "http.refused", path=url.path, status=e.status.value, reason=str(e), peer=self.client_address[0])
             extra = {"WWW-Authenticate": 'Bearer realm="zcompute"'} if e.status == HTTPStatus.UNAUTHORIZED else {}
             self._reply(e.status, "text/plain; charset=utf-8", f"{e.status.value} {e.status.phrase}: {e}\n".encode(),
                         send_body, extra)
@@ -245,7 +269,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if send_body:
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the browser went away: nothing to answer
+                pass
 
     def log_message(self, format: str, *args: Any) -> None:
         self.server.dashboard.log.debug("http.request", peer=self.client_address[0], line=format % args)

@@ -127,22 +127,23 @@ class PeerRegistry:
     def __init__(self, store: KeyStore):
         self.store = store
         self._lock = threading.Lock()
-        self._mtime = -1.0
+        self._mtime: tuple | None = (-1,)
         self._by_jti: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, str] = {}  # admitted key -> role
 
     def _refresh(self) -> None:
         try:
-            mtime = self.store.peers_path.stat().st_mtime_ns
+            st = self.store.peers_path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # every write replaces the file: a new inode
         except FileNotFoundError:
-            mtime = 0
-        if mtime == self._mtime:
+            stamp = None
+        if stamp == self._mtime:
             return
         peers = self.store.read_peers()
-        now = time.time()
         self._by_jti = peers
-        self._keys = {p["key"]: p["role"] for p in peers.values() if not p["revoked"] and p["exp"] > now}
-        self._mtime = mtime
+        # expired tokens keep their key admitted, so the peer hears "token expired" rather than silence
+        self._keys = {p["key"]: p["role"] for p in peers.values() if not p["revoked"]}
+        self._mtime = stamp
 
     def key_allowed(self, z85_key: str, roles: frozenset[str]) -> bool:
         with self._lock:

@@ -11,7 +11,8 @@ import math
 from collections import Counter
 from typing import Any, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -159,14 +160,15 @@ class SnapshotCollector(Collector):
         if fig["bytes_received"] is not None:
             yield CounterMetricFamily("zcompute_bytes_received", "Bytes the head received on its sockets.",
                                       value=fig["bytes_received"])
-        if fig["compression_ratio"] is not None:
+        if fig.get("array_bytes_raw") is not None and fig.get("array_bytes_wire") is not None:
             arrays = CounterMetricFamily("zcompute_array_bytes", "Array bytes the head encoded or decoded, before "
                                          "(raw) and after (wire) compression.", labels=["stage"])
             arrays.add_metric(["raw"], fig["array_bytes_raw"])
             arrays.add_metric(["wire"], fig["array_bytes_wire"])
             yield arrays
-            yield _gauge("zcompute_compression_ratio", "Raw / wire array bytes (above 1: compression saves).",
-                         fig["compression_ratio"])
+            # no arrays moved yet: 1.0 (nothing saved), not a missing series
+            ratio = fig["compression_ratio"] if fig["compression_ratio"] is not None else 1.0
+            yield _gauge("zcompute_compression_ratio", "Raw / wire array bytes (above 1: compression saves).", ratio)
 
     def _providers(self, providers: list[dict[str, Any]], fig: dict[str, Any]) -> Iterator[Metric]:
         label = _bounded([p["name"] for p in providers])
@@ -239,5 +241,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(snapshot, http_auth_failures))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str = "") -> tuple[str, bytes]:
+        """(content type, body): the Prometheus text format, or OpenMetrics when ``accept`` asks for it."""
+        encoder, content_type = choose_encoder(accept)
+        return content_type, encoder(self.registry)

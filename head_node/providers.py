@@ -139,8 +139,23 @@ class ProviderChannel:
             raise RequestError(f"{msg.type.value}: malformed task id {msg.task_id!r}") from None
         return cls(time.monotonic(), job_id, index, msg.attempt, msg.provider_id, **extra)
 
+    def _fenced(self, event, msg) -> bool:
+        """Drop (and count) a report about a shard this provider does not hold."""
+        if self.head.sched.lease_holder(event.job_id, event.index, event.attempt, event.provider_id):
+            return False
+        self.head.counters["results_fenced"] += 1
+        self.log.info("task.result_dropped", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
+                      provider_id=msg.provider_id, type=msg.type.value, reason="not the lease holder")
+        job = self.head.jobs.get(event.job_id)
+        if job is not None and not job.finished:
+            self.head.events.record(event.job_id, "drop", task_id=msg.task_id, attempt=msg.attempt,
+                                    provider_id=msg.provider_id, reason="not the lease holder")
+        return True
+
     def _on_accepted(self, msg: protocol.Accepted, principal: "Principal") -> None:
         event = self._task_event(TaskAccepted, msg, principal)
+        if not self.head.sched.lease_holder(event.job_id, event.index, event.attempt, event.provider_id):
+            return  # late, duplicate or forged: nothing to renew
         self.head.counters["tasks_accepted"] += 1
         job = self.head.jobs.get(event.job_id)
         if job is not None and not job.finished:
@@ -153,13 +168,7 @@ class ProviderChannel:
 
     def _on_result(self, msg: protocol.Result, principal: "Principal") -> None:
         event = self._task_event(TaskSucceeded, msg, principal, elapsed=msg.elapsed)
-        if not self.head.sched.lease_holder(event.job_id, event.index, event.attempt, event.provider_id):
-            self.head.counters["results_fenced"] += 1
-            self.log.info("task.result_dropped", job_id=event.job_id, task_id=msg.task_id,
-                          attempt=msg.attempt, provider_id=msg.provider_id, reason="not the lease holder")
-            if event.job_id in self.head.jobs and not self.head.jobs[event.job_id].finished:
-                self.head.events.record(event.job_id, "drop", task_id=msg.task_id, attempt=msg.attempt,
-                                        provider_id=msg.provider_id, reason="not the lease holder")
+        if self._fenced(event, msg):
             return
         self.log.debug("task.result", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
                        provider_id=msg.provider_id, elapsed=round(msg.elapsed, 4))
@@ -175,6 +184,8 @@ class ProviderChannel:
             self.head.apply(self.head.sched.handle(event))
             return
         event = self._task_event(TaskFailed, msg, principal, error=msg.error)
+        if self._fenced(event, msg):
+            return
         self.head.counters["task_failures"] += 1
         self.log.warning("task.failed", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
                          provider_id=msg.provider_id, error=msg.error)

@@ -70,4 +70,10 @@ def check_register(msg: Register) -> str | None:
         return "slots must be from 1 to 256"
     if not msg.task_types:
         return "a provider must support at least one task type"
+    if len(msg.devices) > 64 or not all(
+            isinstance(d, dict) and isinstance(d.get("kind"), str) and isinstance(d.get("name"), str)
+            and isinstance(d.get("memory_bytes", 0), int) for d in msg.devices):
+        return "devices must be at most 64 maps with string 'kind' and 'name' and integer 'memory_bytes'"
+    if len(msg.name) > 128 or len(msg.platform) > 64 or len(msg.task_types) > 256:
+        return "name, platform or task_types is too long"
     return None

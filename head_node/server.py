@@ -20,7 +20,8 @@ from common.config import HeadConfig
 from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
 from common.protocol import MsgType
-from common.sockets import make_socket, recv_frames, send, split_envelope
+from common.codec import STATS as ARRAY_STATS
+from common.sockets import frames_bytes, make_socket, recv_frames, send, split_envelope
 from common.tasks import TaskType, load_task_types
 from head_node.api import ClientApi
 from head_node.auth import HeadAuth, user_id
@@ -43,7 +44,7 @@ COUNTERS = (
     "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "tasks_accepted", "task_failures",
     "reassignments", "speculative_launches", "results_fenced", "providers_dead", "publish_dropped",
     "auth_failures", "handshake_failures", "rejected_bad_message", "rejected_bad_result", "rejected_auth",
-    "internal_errors", "cached_arrays_reused", "shards_dropped",
+    "internal_errors", "cached_arrays_reused", "shards_dropped", "bytes_sent", "bytes_received",
 )
 HANDSHAKE_FAILURES_NAMES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
@@ -80,6 +81,7 @@ class HeadNode:
         self.sockets: dict[str, zmq.Socket] = {}
         self._monitors: list[zmq.Socket] = []
         self.snapshot: dict[str, Any] = {}
+        self._http = None
         self._next_snapshot = 0.0
         self.keystore = KeyStore(config.data_dir)
         if not config.insecure and not self.keystore.initialized:
@@ -110,14 +112,19 @@ class HeadNode:
                 self.close()
                 raise TransportError(f"cannot bind the {role} socket on {self.config.bind_url(role)}: {e}") from e
             self.sockets[role] = sock
+        try:
+            self._http = self._start_http()
+        except TransportError:
+            self.close()
+            raise
         self.log.info("head.listening", epoch=self.epoch, host=self.config.bind_host,
                       ports=[self.config.port_base + i for i in range(len(kinds))],
                       task_types=sorted(self.tasks), data_dir=str(self.config.data_dir))
 
     def publish(self, provider_id: str, msg: protocol.Message) -> None:
         try:
-            send(self.sockets["tasks"], msg, topic=provider_id, compression=self.config.compression,
-                 flags=zmq.NOBLOCK)
+            self.counters["bytes_sent"] += send(self.sockets["tasks"], msg, topic=provider_id,
+                                                compression=self.config.compression, flags=zmq.NOBLOCK)
         except TransportError as e:  # PUB drops at the high-water mark; the ack timeout re-publishes
             self.counters["publish_dropped"] += 1
             self.log.warning("task.publish_dropped", provider_id=provider_id, error=str(e))
@@ -141,7 +148,7 @@ class HeadNode:
         poller = zmq.Poller()
         for sock in routes:
             poller.register(sock, zmq.POLLIN)
-        http = self._start_http()
+        http = self._http
         self.ready.set()
         next_tick = time.monotonic()
         try:
@@ -152,7 +159,8 @@ class HeadNode:
                         if not sock.poll(0, zmq.POLLIN):
                             break
                         try:
-                            routes[sock](sock)
+                            if routes[sock](sock) is False:
+                                break  # it was not there after all
                         except Exception as e:  # nothing one message does may stop the head
                             self.counters["internal_errors"] += 1
                             self.log.exception("head.loop_error", error=repr(e))
@@ -235,8 +243,13 @@ class HeadNode:
             self.jobs[job_id].files.flush()
         self.journal.shards_done([(job_id, i, name) for job_id, done in batch.items() for i, name in done])
 
-    def _serve_request(self, sock: zmq.Socket, handlers: dict[MsgType, Handler]) -> None:
-        frames = recv_frames(sock)
+    def _serve_request(self, sock: zmq.Socket, handlers: dict[MsgType, Handler]) -> bool:
+        try:
+            # never block: libzmq may report POLLIN for a message it then drops (over MAXMSGSIZE)
+            frames = recv_frames(sock, zmq.NOBLOCK)
+        except TransportError:
+            return False
+        self.counters["bytes_received"] += frames_bytes(frames)
         envelope, body = split_envelope(frames)
         reply: protocol.Message
         msg = None
@@ -259,13 +272,18 @@ class HeadNode:
         if msg is not None:
             reply.id = msg.id  # a resent request (Lazy Pirate) and its answer share the id
         try:
-            send(sock, reply, envelope=envelope, compression=self.config.compression)
+            self.counters["bytes_sent"] += send(sock, reply, envelope=envelope, compression=self.config.compression)
         except TransportError as e:
             self.log.warning("head.reply_failed", error=str(e))
+        return True
 
-    def _serve_results(self, sock: zmq.Socket) -> None:
+    def _serve_results(self, sock: zmq.Socket) -> bool:
         try:
-            frames = recv_frames(sock)
+            frames = recv_frames(sock, zmq.NOBLOCK)
+        except TransportError:
+            return False
+        self.counters["bytes_received"] += frames_bytes(frames)
+        try:
             msg = protocol.decode(frames, limits=self.config.limits)
             handler = self.providers.result_handlers.get(msg.type)
             if handler is None:
@@ -278,6 +296,7 @@ class HeadNode:
         except Exception as e:
             self.log.exception("head.handler_error", error=repr(e))
             self.counters["internal_errors"] += 1
+        return True
 
     def _on_monitor_event(self, monitor: zmq.Socket, role: str) -> None:
         event = recv_monitor_message(monitor)
@@ -389,4 +408,9 @@ class HeadNode:
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "providers": self.providers.summaries(),
-                "jobs": [j.summary() for j in self.jobs.values()], "counters": dict(self.counters)}
+                "jobs": [j.summary() for j in self.jobs.values()],
+                "counters": {**self.counters, **ARRAY_STATS,  # arrays both ways, before and after compression
+                             "array_bytes_raw": ARRAY_STATS["array_bytes_raw_sent"]
+                             + ARRAY_STATS["array_bytes_raw_received"],
+                             "array_bytes_wire": ARRAY_STATS["array_bytes_wire_sent"]
+                             + ARRAY_STATS["array_bytes_wire_received"]}}

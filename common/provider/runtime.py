@@ -98,8 +98,8 @@ class Provider:
 
     def stop(self) -> None:
         """First call: drain (finish held shards, report them, take nothing new). Second call: stop now."""
-        if self.draining.is_set():
-            self.stop_event.set()
+        if self.draining.is_set() or not self.registered.is_set():
+            self.stop_event.set()  # second signal, or nothing to drain: stop now
         self.draining.set()
         log.info("provider.draining", provider_id=self.id)
 

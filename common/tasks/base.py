@@ -48,6 +48,10 @@ class TaskType(abc.ABC):
         """Check a request and return normalized params; raise ``ValidationError`` with a clear message."""
         return dict(params)
 
+    def shard_count(self, params: dict[str, Any]) -> int | None:
+        """Shards the first round will have, if known from the params alone (checked before planning)."""
+        return None
+
     @abc.abstractmethod
     def plan(self, job: JobView) -> list[Shard]:
         """Shards of the first round; allocate outputs here with ``job.allocate``."""

@@ -17,6 +17,7 @@ from common.tasks.base import JobView, Shard, TaskType
 #: ``auto`` makes this many row shards per ready slot
 AUTO_SHARDS_PER_SLOT = 2
 MAX_SPLITS = 4096
+MAX_RESULT_ELEMENTS = 2**31  # the head allocates the result before any shard runs
 
 
 def block_bounds(n: int, parts: int) -> list[tuple[int, int]]:
@@ -73,6 +74,9 @@ class MatmulTask(TaskType):
         b = _check_matrix("b", arrays.get("b"))
         if a.shape[1] != b.shape[0]:
             raise ValidationError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
+        if a.shape[0] * b.shape[1] > MAX_RESULT_ELEMENTS:
+            raise ValidationError(f"the result would be {a.shape[0]}x{b.shape[1]} = {a.shape[0] * b.shape[1]} "
+                                  f"elements, over the limit of {MAX_RESULT_ELEMENTS}")
         extra = set(arrays) - {"a", "b"}
         if extra:
             raise ValidationError(f"matmul takes arrays 'a' and 'b' only, got also {sorted(extra)}")
@@ -84,6 +88,10 @@ class MatmulTask(TaskType):
                     f"splits {r}x{c} is larger than the result {a.shape[0]}x{b.shape[1]}")
             splits = [r, c]
         return {"splits": splits}
+
+    def shard_count(self, params: dict[str, Any]) -> int | None:
+        splits = params["splits"]
+        return None if splits == "auto" else splits[0] * splits[1]
 
     def plan(self, job: JobView) -> list[Shard]:
         a, b = job.input("a"), job.input("b")

@@ -38,6 +38,9 @@ class NoopTask(TaskType):
             raise ValidationError("noop: payload must be a byte count up to 1 GiB")
         return {"shards": shards, "sleep": sleep, "fail": fail, "payload": payload}
 
+    def shard_count(self, params: dict[str, Any]) -> int | None:
+        return params["shards"]
+
     def plan(self, job: JobView) -> list[Shard]:
         p = job.params
         job.allocate("done", (p["shards"],), np.uint8)

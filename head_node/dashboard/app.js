@@ -105,7 +105,7 @@ function drawSpark(canvas, series, fixedMax) {
   ctx.beginPath(); ctx.moveTo(0, height - 0.5); ctx.lineTo(width, height - 0.5); ctx.stroke();
   if (pts.length < 2) return;
   const t1 = pts[pts.length - 1][0];
-  const t0 = t1 - (HISTORY * POLL_MS) / 1000;
+  const t0 = Math.max(pts[0][0], t1 - (HISTORY * POLL_MS) / 1000); // a young head's chart fills the card
   const max = fixedMax || Math.max(...pts.map(([, v]) => v)) || 1;
   const x = (t) => ((t - t0) / (t1 - t0)) * width;
   const y = (v) => height - 3 - (v / max) * (height - 8);
@@ -130,13 +130,14 @@ const CARDS = [
     sub: (f) => "p50 " + seconds(f.job_latency_seconds.p50) + " · p95 " + seconds(f.job_latency_seconds.p95),
     chart: (f) => f.job_latency_seconds.mean },
   { id: "success", title: "Success rate", max: 1,
-    value: (f) => percent(f.task_success_ratio), sub: (f) => "jobs " + percent(f.job_success_ratio),
+    value: (f) => percent(f.task_success_ratio),
+    sub: (f) => (f.job_success_ratio === null ? "no job finished yet" : percent(f.job_success_ratio) + " of jobs"),
     chart: (f) => f.task_success_ratio },
   { id: "util", title: "Utilization", max: 1,
     value: (f) => percent(f.utilization), sub: (f) => f.slots_in_use + " of " + f.slots + " slots",
     chart: (f) => f.utilization },
   { id: "reassign", title: "Reassignments",
-    value: (f) => f.reassignments, sub: (f) => f.speculative_launches + " speculative launches",
+    value: (f) => f.reassignments, sub: (f) => f.speculative_launches + " speculative launch" + (f.speculative_launches === 1 ? "" : "es"),
     chart: (f) => f.reassignments },
   { id: "auth", title: "Auth failures",
     value: (f) => f.auth_failures, sub: (f) => f.http_auth_failures + " on HTTP", chart: (f) => f.auth_failures },
@@ -165,33 +166,43 @@ function buildCards() {
   }
 }
 
-let previous = null; // last state, for rates
+let previous = null; // the last state drawn
+let lastSample = null; // the last {time, figures} put on the charts
 let lastRates = { tps: null, bps: null };
 
-function rates(state) {
-  const f = state.figures;
+function rates(sample, before) {
   const r = { tps: null, bps: null };
-  if (previous && state.time > previous.time) {
-    const dt = state.time - previous.time;
-    r.tps = Math.max(0, f.tasks_completed - previous.figures.tasks_completed) / dt;
-    if (f.bytes_sent !== null && previous.figures.bytes_sent !== null) {
-      const now = f.bytes_sent + f.bytes_received;
-      const before = previous.figures.bytes_sent + previous.figures.bytes_received;
-      r.bps = Math.max(0, now - before) / dt;
-    }
+  if (!before || sample.time <= before.time) return r;
+  const f = sample.figures;
+  const b = before.figures;
+  const dt = sample.time - before.time;
+  r.tps = Math.max(0, f.tasks_completed - b.tasks_completed) / dt;
+  if (f.bytes_sent !== null && b.bytes_sent !== null) {
+    r.bps = Math.max(0, f.bytes_sent + f.bytes_received - b.bytes_sent - b.bytes_received) / dt;
   }
   return r;
 }
 
-function renderFigures(state, fresh) {
-  const f = state.figures;
-  if (fresh) lastRates = rates(state);
-  const r = lastRates;
+function record(sample) {
+  if (lastSample && sample.time <= lastSample.time) return;
+  lastRates = rates(sample, lastSample);
+  for (const card of CARDS) cardSeries[card.id].push(sample.time, card.chart(sample.figures, lastRates));
+  lastSample = sample;
+}
+
+async function loadHistory() {
+  try {
+    for (const sample of (await getJSON("/api/history")).samples) record(sample);
+  } catch (err) {
+    // the first poll reports what is wrong
+  }
+}
+
+function renderFigures(state) {
   for (const card of CARDS) {
     const view = cardViews[card.id];
-    view.value.textContent = card.value(f, r);
-    view.sub.textContent = card.sub(f, r);
-    if (fresh) cardSeries[card.id].push(state.time, card.chart(f, r));
+    view.value.textContent = card.value(state.figures, lastRates);
+    view.sub.textContent = card.sub(state.figures, lastRates);
     drawSpark(view.canvas, cardSeries[card.id], card.max);
   }
 }
@@ -282,7 +293,7 @@ function renderJob(state) {
   const facts = [["Type", job.task_type], ["Owner", job.owner], ["Shards", job.done + " / " + job.total],
     ["Round", job.round], ["Elapsed", seconds(job.elapsed)], ["Re-run", job.reruns], ["Speculated", job.speculated],
     ["Submitted", new Date(job.submitted_at * 1000).toLocaleString()]];
-  $("job-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  $("job-facts").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
   $("job-progress").max = job.progress_total || 1;
   $("job-progress").value = job.progress_done;
   $("job-progress-text").textContent = " " + job.progress_done + " / " + job.progress_total + " " + job.progress_unit
@@ -307,39 +318,44 @@ function renderEvents(name) {
       .map(([k, v]) => k + "=" + (typeof v === "object" ? JSON.stringify(v) : v)).join("  ");
     return el("tr", { class: "ev-" + e.event },
       el("td", { class: "num" }, "+" + (e.time - t0).toFixed(3) + " s"), el("td", {}, e.event),
-      el("td", { class: "mono" }, e.task_id ? e.task_id.split(":").pop() : ""),
+      el("td", { class: "num" }, e.task_id ? e.task_id.slice(e.task_id.lastIndexOf(".") + 1) : ""),
       el("td", { class: "num" }, e.attempt ?? ""), el("td", {}, e.provider_id ? name(e.provider_id) : ""),
       el("td", { class: "muted" }, detail));
   }));
 }
 
-// Each attempt of a shard as a span on its provider's lane: from assign to result, retry or loss.
+// Each attempt of a shard as a span on its provider's lane: from assign (waiting in the provider's queue,
+// a thin line) through compute (a bar: the result's own compute time) to its result, retry or loss.
+// A speculative copy keeps the attempt number, so a span is keyed by task, attempt and provider.
 function spans(events, now) {
-  const open = new Map(); // "task/attempt" -> span
+  const open = new Map();
   const out = [];
   let start = null;
   let end = null;
+  const close = (key, span, time, kind) => { span.end = time; span.kind = kind; open.delete(key); };
   for (const e of events) {
     if (start === null) start = e.time;
+    const key = e.task_id + "/" + e.attempt + "/" + e.provider_id;
     if (["assign", "speculate", "republish"].includes(e.event) && e.provider_id) {
-      const key = e.task_id + "/" + e.attempt;
-      if (open.has(key) && open.get(key).provider === e.provider_id) continue; // re-sent: still one attempt
-      const span = { task: e.task_id, provider: e.provider_id, start: e.time, end: null,
+      if (open.has(key)) continue; // re-sent after a lost ack: still one attempt
+      const span = { task: e.task_id, provider: e.provider_id, start: e.time, compute: e.time, end: null,
         kind: e.event === "speculate" ? "spec" : "run" };
       open.set(key, span);
       out.push(span);
     } else if (e.event === "result") {
-      for (const [key, span] of open) {
+      for (const [k, span] of open) {
         if (span.task !== e.task_id) continue;
-        span.end = e.time;
-        span.kind = key === e.task_id + "/" + e.attempt ? (span.kind === "spec" ? "spec" : "ok") : "lost";
-        open.delete(key);
-      }
-    } else if (e.event === "retry" || e.event === "drop") {
-      for (const [key, span] of open) {
-        if (span.task === e.task_id && key !== e.task_id + "/" + e.attempt) {
-          span.end = e.time; span.kind = "lost"; open.delete(key);
+        if (k !== key) close(k, span, e.time, "lost"); // the other copy lost the race
+        else {
+          span.compute = Math.max(span.start, e.time - (e.elapsed || 0));
+          close(k, span, e.time, span.kind === "spec" ? "spec" : "ok");
         }
+      }
+    } else if (e.event === "drop" && open.has(key)) {
+      close(key, open.get(key), e.time, "lost");
+    } else if (e.event === "retry") {
+      for (const [k, span] of open) {
+        if (span.task === e.task_id && !k.startsWith(e.task_id + "/" + e.attempt + "/")) close(k, span, e.time, "lost");
       }
     } else if (e.event === "finish") {
       end = e.time;
@@ -354,19 +370,21 @@ function spans(events, now) {
 
 function drawTimeline(view, name) {
   const canvas = $("timeline");
-  const lanes = new Map(); // provider -> rows of spans (greedy packing: a lane row per concurrent slot)
-  for (const span of view.spans) {
+  const lanes = new Map(); // provider -> rows of spans, packed greedily by their compute bars
+  for (const span of [...view.spans].sort((a, b) => a.compute - b.compute)) {
     if (!lanes.has(span.provider)) lanes.set(span.provider, []);
     const rows = lanes.get(span.provider);
-    let row = rows.find((r) => r[r.length - 1].end <= span.start);
+    let row = rows.find((r) => r[r.length - 1].end <= span.compute);
     if (!row) rows.push((row = []));
     row.push(span);
   }
-  const rowHeight = 8;
+  canvas.dataset.lanes = lanes.size; // for tests and curious readers of the DOM
+  canvas.dataset.spans = view.spans.length;
+  const rowHeight = 12;
   const labelWidth = 110;
-  const laneGap = 10;
+  const laneGap = 12;
   const totalRows = [...lanes.values()].reduce((n, rows) => n + rows.length, 0);
-  const height = Math.max(60, 26 + totalRows * rowHeight + lanes.size * laneGap);
+  const height = Math.max(70, 26 + totalRows * rowHeight + lanes.size * laneGap);
   canvas.style.height = height + "px";
   const [ctx, width] = fitCanvas(canvas, height);
   const plot = width - labelWidth - 8;
@@ -392,15 +410,21 @@ function drawTimeline(view, name) {
   for (const [provider, rows] of ordered) {
     ctx.fillStyle = css("--text");
     ctx.textAlign = "left";
-    ctx.fillText(name(provider), 4, y + Math.min(rows.length * rowHeight, 12) - 2);
-    for (const row of rows) {
+    ctx.fillText(name(provider), 4, y + rowHeight - 2);
+    rows.forEach((row, i) => { // waits first, beneath the bars they overlap
+      ctx.globalAlpha = 0.45;
       for (const span of row) {
         ctx.fillStyle = colors[span.kind];
-        ctx.fillRect(x(span.start), y + 1, Math.max(1.5, x(span.end) - x(span.start) - 0.5), rowHeight - 2);
+        ctx.fillRect(x(span.start), y + i * rowHeight + rowHeight / 2 - 1, x(span.compute) - x(span.start), 2);
       }
-      y += rowHeight;
-    }
-    y += laneGap;
+      ctx.globalAlpha = 1;
+      for (const span of row) {
+        ctx.fillStyle = colors[span.kind];
+        ctx.fillRect(x(span.compute), y + i * rowHeight + 1, Math.max(1.5, x(span.end) - x(span.compute) - 0.5),
+          rowHeight - 2);
+      }
+    });
+    y += rows.length * rowHeight + laneGap;
   }
 }
 
@@ -434,7 +458,8 @@ async function poll() {
     const state = await getJSON("/api/state");
     if (jobView.id) await loadEvents();
     $("banner").hidden = true;
-    renderFigures(state, !previous || state.time !== previous.time);
+    record({ time: state.time, figures: state.figures });
+    renderFigures(state);
     previous = state;
     render(state);
     setStatus(true, "live · " + new Date(state.time * 1000).toLocaleTimeString());
@@ -447,7 +472,7 @@ async function poll() {
 }
 
 window.addEventListener("hashchange", route);
-window.addEventListener("resize", () => previous && (renderFigures(previous, false), render(previous)));
+window.addEventListener("resize", () => previous && (renderFigures(previous), render(previous)));
 buildCards();
 route();
-poll();
+loadHistory().then(poll);
