@@ -9,10 +9,11 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/imagefilter/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]' '$(TORCH)'
+	$(BIN)/pip install --quiet -e examples/imagefilter  # the example plugin the tests run end to end
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -63,7 +63,7 @@ _PROVIDER_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def check_register(msg: Register) -> str | None:
     """A reason to refuse a registration, or None."""
-    if not _PROVIDER_ID.match(msg.provider_id):
+    if not _PROVIDER_ID.fullmatch(msg.provider_id):
         # fixed length: PUB/SUB matches topics by prefix, so no id may be a prefix of another
         return "provider_id must be 32 lowercase hex digits (a uuid4 hex)"
     if not 1 <= msg.slots <= 256:

@@ -386,6 +386,7 @@ class HeadNode:
             self.finish(job, "failed", f"planning round {job.round + 1}: {e}")
             return
         if shards:
+            self.commit_done()  # this round's shards are journaled done before the next round is
             indices = job.add_shards(shards, time.monotonic())
             job.files.flush()  # the round's checkpoint is on disk before the journal says so
             self.journal.add_round(job, shards)

@@ -12,6 +12,7 @@ from common import cli_options as opt
 from common.errors import ConfigError, JobCancelled, JobFailed, ZComputeError
 from common.logs import setup_logging
 from user_client.client import DEFAULT_HEAD, Client, JobHandle
+from user_client.cli_filemean import filemean_command
 from user_client.format import progress_bar, table
 
 

@@ -89,6 +89,15 @@ class Client:
         handle = self.submit("train", params, {"x": np.asarray(x), "y": np.asarray(y)}, priority)
         return TrainJob(self, handle.id)
 
+    def filemean(self, input: Any, fanin: int = 8, intermediate: str | None = None, upload: Any = "auto",
+                 priority: int = 0) -> "JobHandle":
+        """Element-wise mean of files (a directory, glob, list, or s3://... URLs) as a tree of partial sums
+        with fan-in ``fanin``; ``result()`` is float64."""
+        from user_client.filemean import submit_filemean
+
+        return submit_filemean(self, input, fanin=fanin, intermediate=intermediate, upload=upload,
+                               priority=priority)
+
     def job(self, job_id: str) -> "JobHandle":
         return JobHandle(self, job_id)
 

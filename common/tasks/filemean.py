@@ -31,8 +31,10 @@ with one number per line; fsspec's ``compression="infer"`` reads ``.gz`` etc.
 
 from __future__ import annotations
 
+import functools
 import math
 import posixpath
+import threading
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +47,12 @@ from common.tasks.base import JobView, Shard, TaskType
 
 MAX_OPEN = 5  # files a task holds at once
 MAX_FANIN = 10_000
+MAX_LEVEL_ELEMENTS = 2**31  # the head allocates a level's partial sums before its tasks run
+URL_BYTES_PER_TASK = 128 * 1024  # a task's URL list travels in its message header (limit 256 KiB)
 NPY_MAGIC = b"\x93NUMPY"
 PARAMS = ("fanin", "intermediate")
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
 # -- reading and writing files (providers; the client uses read_numbers for uploads) ---------------
@@ -59,75 +65,113 @@ def _fsspec():
     return fsspec
 
 
-def read_numbers(url: str) -> np.ndarray:
-    """The numbers in one file, flat: ``.npy`` of a real dtype, or text with one number per line."""
+def read_numbers(url: str, length: int | None = None, ref: str = "the first file") -> np.ndarray:
+    """The numbers in one file, flat: ``.npy`` of a real dtype, or text with one number per line.
+
+    With ``length``, a file holding another count is an error naming it (and ``ref``, the file
+    that set the count), and text is parsed straight into an array of that size.
+    """
     try:
-        with _fsspec().open(url, "rb", compression="infer") as f:
+        with _open(url) as f:
             magic = f.read(len(NPY_MAGIC))
             f.seek(0)
             if magic == NPY_MAGIC:
                 arr = np.load(f, allow_pickle=False)
                 if arr.dtype.kind not in "biuf":
                     raise TaskError(f"file {url} holds {arr.dtype} values; filemean sums real numbers")
-                return arr.reshape(-1)
-            return _parse_text(f, url)
+                arr = arr.reshape(-1)
+            else:
+                arr = _parse_text(f, url, length, ref)
     except TaskError:
         raise
     except FileNotFoundError:
         raise TaskError(f"cannot read {url}: no such file") from None
     except Exception as e:  # permissions, network, a corrupt .npy, a missing fsspec backend
         raise TaskError(f"cannot read {url}: {type(e).__name__}: {e}") from None
+    if length is not None:
+        _check_length(arr.size, length, url, ref)
+    return arr
 
 
-def _parse_text(f, url: str) -> np.ndarray:
-    where = [0, b""]
+def _open(url: str):
+    """A binary file object; local files without compression through ``open`` itself, which lets
+    ``np.load`` read straight into the array (fsspec's wrapper makes it copy through 256 KiB chunks)."""
+    fsspec = _fsspec()
+    compression = fsspec.utils.infer_compression(url)
+    fs, path = fsspec.core.url_to_fs(url)
+    if compression is None and "file" in fs.protocol:
+        return open(path, "rb")
+    return fs.open(path, "rb", compression=compression)
+
+
+def _parse_text(f, url: str, length: int | None, ref: str) -> np.ndarray:
+    where = [0, 0]  # line number, numbers yielded
 
     def numbers() -> Iterable[float]:
         for where[0], line in enumerate(f, 1):
             if line.strip():
-                where[1] = line
-                yield float(line)
+                try:
+                    value = float(line)
+                except ValueError:
+                    text = line.strip()[:40].decode("utf-8", "replace")
+                    raise TaskError(f"file {url}, line {where[0]}: {text!r} is not a number "
+                                    "(text files hold one number per line)") from None
+                where[1] += 1
+                yield value
 
+    values = numbers()
+    if length is None:
+        return np.fromiter(values, np.float64)
     try:
-        return np.fromiter(numbers(), np.float64)
-    except ValueError:
-        text = where[1].strip()[:40].decode("utf-8", "replace") if where[1] else ""
-        raise TaskError(f"file {url}, line {where[0]}: {text!r} is not a number "
-                        "(text files hold one number per line)") from None
+        arr = np.fromiter(values, np.float64, count=length)  # no growing: one array of the known size
+    except ValueError:  # fewer numbers than length
+        _check_length(where[1], length, url, ref)
+        raise
+    _check_length(length + sum(1 for _ in values), length, url, ref)
+    return arr
 
 
-def _check_length(arr: np.ndarray, length: int, url: str, ref: str) -> None:
-    if arr.size != length:
-        raise TaskError(f"file {url} has {arr.size} numbers but {ref} has {length}: "
+def _check_length(size: int, length: int, url: str, ref: str) -> None:
+    if size != length:
+        raise TaskError(f"file {url} has {size} numbers but {ref} has {length}: "
                         "every file must hold the same count")
 
 
-def sum_files(urls: list[str], length: int, ref: str = "the first file",
-              read: Callable[[str], np.ndarray] = read_numbers) -> np.ndarray:
-    """Sum the files in order into float64, reading at most ``MAX_OPEN`` at once (a sliding window)."""
-    acc = np.zeros(length, np.float64)
-    todo = iter(urls)
-    window: deque = deque()
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_OPEN, len(urls))), thread_name_prefix="filemean") as pool:
-        def read_next() -> None:
-            url = next(todo, None)
-            if url is not None:
-                window.append((url, pool.submit(read, url)))
+def _reader_pool() -> ThreadPoolExecutor:
+    """Reader threads shared by a provider's slots (a pool per task would cost more than a small read)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=2 * MAX_OPEN, thread_name_prefix="filemean-read")
+        return _POOL
 
-        for _ in range(MAX_OPEN):
+
+def sum_files(urls: list[str], length: int, ref: str = "the first file",
+              read: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
+    """Sum the files in order into float64, reading at most ``MAX_OPEN`` at once (a sliding window)."""
+    read = read or functools.partial(read_numbers, length=length, ref=ref)
+    acc = np.zeros(length, np.float64)
+    pool, todo, window = _reader_pool(), iter(urls), deque()
+
+    def read_next() -> None:
+        url = next(todo, None)
+        if url is not None:
+            window.append((url, pool.submit(read, url)))
+
+    for _ in range(MAX_OPEN):
+        read_next()
+    try:
+        while window:
+            url, future = window.popleft()
+            arr = future.result()
+            del future  # the window holds the other files; this one goes after the add
+            _check_length(arr.size, length, url, ref)
+            np.add(acc, arr, out=acc)
+            del arr
             read_next()
-        try:
-            while window:
-                url, future = window.popleft()
-                arr = future.result()
-                del future  # the window holds the other files; this one goes after the add
-                _check_length(arr, length, url, ref)
-                np.add(acc, arr, out=acc)
-                del arr
-                read_next()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    finally:
+        for _, future in window:  # after an error: do not read what nobody will add
+            future.cancel()
     return acc
 
 
@@ -230,6 +274,7 @@ class FileMeanTask(TaskType):
         if intermediate is not None and (not isinstance(intermediate, str) or "\n" in intermediate):
             raise ValidationError(f"filemean: intermediate must be a URL prefix, got {intermediate!r}")
         out = {"fanin": fanin, "intermediate": intermediate}
+        longest = len(intermediate.encode()) + 48 if intermediate else 0  # PREFIX/JOB_ID/levelL/000000.npy
         if "urls" in arrays:
             extra = set(arrays) - {"urls"}
             if extra:
@@ -237,12 +282,21 @@ class FileMeanTask(TaskType):
             urls = _text_array(arrays, "urls")
             if not urls or not all(urls):
                 raise ValidationError("filemean needs at least one file, and no empty URL")
-            return {**out, "mode": "urls", "count": len(urls), "length": None}
-        extra = set(arrays) - {"data", "lengths", "names"}
-        if extra:
-            raise ValidationError(f"filemean: unknown arrays {sorted(extra)}")
-        count, length = _validate_upload(arrays)
-        return {**out, "mode": "upload", "count": count, "length": length}
+            longest = max(longest, max(len(u.encode()) for u in urls))
+            out.update(mode="urls", count=len(urls), length=None)
+        else:
+            extra = set(arrays) - {"data", "lengths", "names"}
+            if extra:
+                raise ValidationError(f"filemean: unknown arrays {sorted(extra)}")
+            count, length = _validate_upload(arrays)
+            out.update(mode="upload", count=count, length=length)
+        if longest and fanin * (longest + 4) > URL_BYTES_PER_TASK:
+            raise ValidationError(f"filemean: {fanin} URLs of up to {longest} bytes make a task message too large; "
+                                  f"use fanin {URL_BYTES_PER_TASK // (longest + 4)} or less")
+        return out
+
+    def shard_count(self, params: dict[str, Any]) -> int | None:
+        return 1 if params["mode"] == "urls" else math.ceil(params["count"] / params["fanin"])
 
     # -- head: rounds --------------------------------------------------------------------------
 
@@ -271,6 +325,9 @@ class FileMeanTask(TaskType):
         st, p = job.state, job.params
         fanin, length, n_in, n_out = p["fanin"], st["length"], st["sizes"][level - 1], st["sizes"][level]
         final, remote = level == len(st["sizes"]) - 1, p["intermediate"] is not None
+        if n_out * length > MAX_LEVEL_ELEMENTS:
+            raise ValidationError(f"filemean: {n_out} partial sums of {length} numbers exceed the head's limit "
+                                  f"of {MAX_LEVEL_ELEMENTS} elements; use a larger fanin")
         st["level"] = level
         if final or not remote:
             job.allocate(f"level{level}", (n_out, length), np.float64)
