@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,25 @@ def import_torch():
             log.warning("torch.unusable", error=repr(e))
         return None
     return torch
+
+
+def torch_installed() -> bool:
+    """Whether torch could be imported, without paying for the import (seconds)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def accelerator_possible(preference: str) -> bool:
+    """Could torch find a GPU here? Only then is it imported at start-up to probe devices."""
+    if preference == "cpu":
+        return False
+    if sys.platform == "darwin":
+        return True  # Apple MPS
+    return os.path.exists("/proc/driver/nvidia") or shutil.which("nvidia-smi") is not None
 
 
 def total_memory() -> int:

@@ -7,6 +7,7 @@ results to the main loop through a queue and wake it over inproc.
 
 from __future__ import annotations
 
+import os
 import platform
 import queue
 import threading
@@ -24,7 +25,9 @@ from common.logs import get_logger
 from common.protocol import MsgType
 from common.provider.book import TaskBook
 from common.provider.cache import ArrayCache
-from common.provider.devices import Device, choose_device, import_torch, probe_devices
+from common.provider.devices import (
+    Device, accelerator_possible, choose_device, import_torch, probe_devices, torch_installed,
+)
 from common.provider.heartbeat import HeartbeatThread
 from common.provider.identity import provider_id as load_provider_id
 from common.reqclient import ReqChannel
@@ -56,12 +59,16 @@ class Provider:
         self.config = config
         self.id = load_provider_id(config.data_dir)
         self.name = config.name or f"{platform.node()}-{self.id[:6]}"
-        self.torch = import_torch() if torch is ... else torch
+        if torch is ...:  # import torch (seconds) only where it may find a GPU; tasks import it when they run
+            self.has_torch = torch_installed()
+            self.torch = import_torch() if self.has_torch and accelerator_possible(config.device) else None
+        else:
+            self.torch, self.has_torch = torch, torch is not None
         self.devices = devices if devices is not None else probe_devices(self.torch)
-        self.device, why = choose_device(config.device, self.devices, self.torch is not None)
+        self.device, why = choose_device(config.device, self.devices, self.has_torch)
         log.info("device.chosen", provider_id=self.id, device=self.device.torch_name, name=self.device.name, why=why)
         tasks = task_types if task_types is not None else load_task_types()
-        self.tasks = {n: t for n, t in tasks.items() if self.torch is not None or not t.needs_torch}
+        self.tasks = {n: t for n, t in tasks.items() if self.has_torch or not t.needs_torch}
         self.book = TaskBook(config.slots)
         self.cache = ArrayCache(config.cache_bytes)
         self.ctx = zmq.Context()
@@ -85,8 +92,10 @@ class Provider:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=self.config.blas_threads):
-            if self.torch is not None:
-                self.torch.set_num_threads(self.config.blas_threads)  # torch keeps its own thread pool
+            if self.has_torch:  # torch keeps its own thread pool; capped when a task first imports it
+                os.environ.setdefault("OMP_NUM_THREADS", str(self.config.blas_threads))
+                if self.torch is not None:
+                    self.torch.set_num_threads(self.config.blas_threads)
             self.gflops = measure_gflops()
             self._open_sockets()
             try:
@@ -120,7 +129,7 @@ class Provider:
         msg = protocol.Register(
             provider_id=self.id, name=self.name, platform=platform.system().lower(),
             devices=[d.as_dict() for d in self.devices], memory_bytes=self.devices[-1].memory_bytes,
-            cores=_cores(), slots=self.config.slots, gflops=self.gflops, torch=self.torch is not None,
+            cores=_cores(), slots=self.config.slots, gflops=self.gflops, torch=self.has_torch,
             task_types=sorted(self.tasks), version=__version__,
         )
         reply = self.reg.request(msg)
@@ -303,6 +312,4 @@ class Provider:
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 1

@@ -134,9 +134,15 @@ def test_bad_training_requests_are_refused(shared_cluster, digits, params, messa
 
 @pytest.fixture
 def no_torch_path(tmp_path):
-    """A PYTHONPATH entry whose ``torch`` cannot be imported, as on a machine without it."""
-    (tmp_path / "torch").mkdir()
-    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    """A PYTHONPATH entry that hides torch from every import, as on a machine without it."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ModuleNotFoundError(\"No module named 'torch'\", name=name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _NoTorch())\n")
     return str(tmp_path)
 
 
