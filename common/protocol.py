@@ -300,7 +300,7 @@ class Events(Message):
     type = MsgType.EVENTS
     job_id: str
     offset: int = 0  # line of the job's event log to start from
-    limit: int = 1000
+    limit: int = 500  # the head sends at most 500 per reply
 
 
 @dataclass(kw_only=True)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from head_node.server import HeadNode
 
 _REMEMBERED_REPLIES = 4096
+MAX_EVENTS_PER_REPLY = 500  # keeps an event_list reply's header well under the 256 KiB header limit
 
 
 class ClientApi:
@@ -141,5 +142,5 @@ class ClientApi:
 
     def _on_events(self, msg: protocol.Events, principal: "Principal") -> protocol.Message:
         job = self._job(msg.job_id, principal)
-        events, next_offset = self.head.events.read(job.job_id, max(0, msg.offset), max(1, min(msg.limit, 10_000)))
+        events, next_offset = self.head.events.read(job.job_id, max(0, msg.offset), max(1, min(msg.limit, MAX_EVENTS_PER_REPLY)))
         return protocol.EventList(events=events, next_offset=next_offset)

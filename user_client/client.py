@@ -142,7 +142,7 @@ class JobHandle:
     def cancel(self) -> dict[str, Any]:
         return self.client.request(protocol.CancelJob(job_id=self.id)).job
 
-    def events(self, offset: int = 0, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+    def events(self, offset: int = 0, limit: int = 500) -> tuple[list[dict[str, Any]], int]:
         """The job's event log from line ``offset``: (events, next offset)."""
         reply = self.client.request(protocol.Events(job_id=self.id, offset=offset, limit=limit))
         return reply.events, reply.next_offset

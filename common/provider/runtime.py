@@ -59,6 +59,8 @@ class Provider:
         self.config = config
         self.id = load_provider_id(config.data_dir)
         self.name = config.name or f"{platform.node()}-{self.id[:6]}"
+        # torch sizes its intra-op pool from this when first imported, in any thread
+        os.environ.setdefault("OMP_NUM_THREADS", str(config.blas_threads))
         if torch is ...:  # import torch (seconds) only where it may find a GPU; tasks import it when they run
             self.has_torch = torch_installed()
             self.torch = import_torch() if self.has_torch and accelerator_possible(config.device) else None
@@ -92,10 +94,8 @@ class Provider:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=self.config.blas_threads):
-            if self.has_torch:  # torch keeps its own thread pool; capped when a task first imports it
-                os.environ.setdefault("OMP_NUM_THREADS", str(self.config.blas_threads))
-                if self.torch is not None:
-                    self.torch.set_num_threads(self.config.blas_threads)
+            if self.torch is not None:  # torch keeps its own thread pool
+                self.torch.set_num_threads(self.config.blas_threads)
             self.gflops = measure_gflops()
             self._open_sockets()
             try:
