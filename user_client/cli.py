@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import click
 import numpy as np
@@ -34,6 +36,15 @@ def cli(ctx: click.Context, head: str | None, join_text: str | None, timeout: fl
         log_level: str) -> None:
     setup_logging(log_level if log_level != "info" else "warning", json=False)
     ctx.obj = {"head": head, "join": join_text, "timeout": timeout, "insecure": insecure}
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """A zcompute error becomes one clear line on stderr and exit code 1."""
+    try:
+        yield
+    except ZComputeError as e:
+        raise ClientError(str(e)) from None
 
 
 def _client(ctx: click.Context) -> Client:
@@ -97,10 +108,8 @@ def submit_matmul(ctx, a_path, b_path, splits, priority, wait, out):
     """C = A @ B, sharded by rows or as a grid of blocks."""
     a, b = _load(a_path, "--a"), _load(b_path, "--b")
     with _client(ctx) as c:
-        try:
+        with _errors():
             job = c.matmul(a, b, splits=splits, priority=priority)
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
         click.echo(f"submitted job {job.id}")
         if wait or out:
             _wait_and_save(job, out, sys.stderr.isatty())
@@ -114,10 +123,8 @@ def submit_matmul(ctx, a_path, b_path, splits, priority, wait, out):
 def submit_noop(ctx, shards, sleep, wait):
     """Shards that do nothing: measure the cluster's overhead."""
     with _client(ctx) as c:
-        try:
+        with _errors():
             job = c.submit("noop", {"shards": shards, "sleep": sleep})
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
         click.echo(f"submitted job {job.id}")
         if wait:
             _wait_and_save(job, None, sys.stderr.isatty())
@@ -167,10 +174,8 @@ def train(ctx, model, data, epochs, batch_size, lr, optimizer, momentum, seed, l
 def status(ctx, job_id):
     """Show one job's state and progress."""
     with _client(ctx) as c:
-        try:
+        with _errors():
             s = c.job(job_id).status()
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
     click.echo(table([s], ["job_id", "task_type", "status", "done", "total", "reruns", "elapsed", "error"]))
 
 
@@ -183,12 +188,10 @@ def result(ctx, job_id, out, wait):
     """Save a job's result to a .npy file (several outputs: .npz)."""
     with _client(ctx) as c:
         job = c.job(job_id)
-        try:
+        with _errors():
             if not wait and not job.done():
                 raise ClientError(f"job {job_id} has not finished")
             _wait_and_save(job, out, sys.stderr.isatty())
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
 
 
 @cli.command(epilog="Example: user-client events 3f2a9c1b7d4e")
@@ -202,7 +205,7 @@ def events(ctx, job_id, follow):
 
     with _client(ctx) as c:
         job, offset = c.job(job_id), 0
-        try:
+        with _errors():
             while True:
                 batch, offset = job.events(offset)
                 for event in batch:
@@ -211,8 +214,6 @@ def events(ctx, job_id, follow):
                     return
                 if not batch:
                     time.sleep(0.5)
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
 
 
 @cli.command(epilog="Example: user-client watch 3f2a9c1b7d4e")
@@ -221,10 +222,8 @@ def events(ctx, job_id, follow):
 def watch(ctx, job_id):
     """Follow a job with a live progress bar (shards or rounds, rate, ETA) until it ends."""
     with _client(ctx) as c:
-        try:
+        with _errors():
             _wait_and_save(c.job(job_id), None, True)
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
 
 
 @cli.command(epilog="Example: user-client cancel 3f2a9c1b7d4e")
@@ -233,10 +232,8 @@ def watch(ctx, job_id):
 def cancel(ctx, job_id):
     """Cancel a job; running shards are told to stop."""
     with _client(ctx) as c:
-        try:
+        with _errors():
             s = c.job(job_id).cancel()
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
     click.echo(f"job {job_id} {s['status']}")
 
 
@@ -246,10 +243,8 @@ def cancel(ctx, job_id):
 def jobs(ctx, state):
     """List jobs."""
     with _client(ctx) as c:
-        try:
+        with _errors():
             rows = c.jobs(state)
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
     click.echo(table(rows, ["job_id", "task_type", "owner", "status", "done", "total", "reruns", "elapsed"]))
 
 
@@ -258,10 +253,8 @@ def jobs(ctx, state):
 def providers(ctx):
     """List providers with their devices, slots and supported task types."""
     with _client(ctx) as c:
-        try:
+        with _errors():
             rows = c.providers()
-        except ZComputeError as e:
-            raise ClientError(str(e)) from None
     click.echo(table(rows, ["name", "platform", "device", "state", "slots", "free_slots", "gflops",
                             "shards_done", "task_types"]))
 
@@ -275,10 +268,8 @@ def demo(size, splits, n_providers, demo_insecure):
     """Start a local cluster, multiply two random matrices on it, check against numpy, stop it."""
     from user_client.demo import run_demo
 
-    try:
+    with _errors():
         run_demo(size, splits, n_providers, insecure=demo_insecure)
-    except ZComputeError as e:
-        raise ClientError(str(e)) from None
 
 
 def main() -> None:
