@@ -88,6 +88,12 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
         assert job_id in out.stdout and "STATUS" in out.stdout and "alice" in out.stdout
         out = run("user-client", "providers", env=cenv)
         assert "box0" in out.stdout and "box1" in out.stdout and "matmul" in out.stdout
+        out = run("user-client", "events", job_id, env=cenv)
+        kinds = [__import__("json").loads(line)["event"] for line in out.stdout.splitlines()]
+        assert out.returncode == 0 and kinds[0] == "submit" and kinds[-1] == "finish"
+        assert kinds.count("result") == 4 and "assign" in kinds and "accept" in kinds
+        out = run("user-client", "watch", job_id, env=cenv)
+        assert out.returncode == 0 and "succeeded" in out.stdout
         out = run("user-client", "cancel", job_id, env=cenv)
         assert out.returncode == 0 and "succeeded" in out.stdout  # finished jobs stay finished
 

@@ -178,3 +178,12 @@ def test_cli_train_prints_rounds_and_saves_a_loadable_state_dict(shared_cluster,
     assert len(lines) == 3 and all("loss" in line and "test_acc" in line for line in lines)
     model = build_model(MODEL)
     model.load_state_dict(torch.load(tmp_path / "model.pt"))
+
+
+def test_a_model_from_the_users_own_package(shared_cluster, digits):
+    with shared_cluster.client() as c:
+        job = c.train("tests.train_factory:small_mlp", digits, epochs=5, batch_size=64, lr=0.1, momentum=0.9)
+        job.wait(timeout=120)
+        state = job.result()
+        assert final_accuracy(job) >= 0.85
+    assert state["0.weight"].shape == (32, 64)
