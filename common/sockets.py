@@ -17,6 +17,7 @@ from common.codec import DEFAULT_LIMITS, Limits
 from common.errors import TransportError
 from common.faults import FAULTS
 
+ZERO_COPY_BYTES = 64 * 1024  # below this, pyzmq copies a frame anyway
 
 @dataclass(frozen=True)
 class CurveKeys:
@@ -74,9 +75,10 @@ def send(sock: zmq.Socket, msg: protocol.Message, *, envelope: list[bytes] | Non
     if envelope:
         frames = [*envelope, *frames]
     copies = FAULTS.copies(msg.type.value) if FAULTS.active else 1
+    zero_copy = len(frames) > 2 or any(len(f) > ZERO_COPY_BYTES for f in frames)  # small: copying is cheaper
     try:
         for _ in range(copies):
-            sock.send_multipart(frames, flags=flags, copy=False)
+            sock.send_multipart(frames, flags=flags, copy=not zero_copy)
         return copies * frames_bytes(frames)
     except zmq.Again as e:
         raise TransportError(f"send of {msg.type.value} would block (peer gone or high-water mark)") from e
