@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -125,6 +126,12 @@ def verify_token(secret: bytes, token: str | None) -> Claims:
     if data["role"] not in ROLES:
         raise AuthError(f"invalid token: unknown role {data['role']!r}")
     return Claims(data["sub"], data["role"], data["key"], data["jti"], data["exp"])
+
+
+def topic_for(public_z85: str) -> str:
+    """The task-socket topic of the peer holding this CURVE key: the head lets a subscriber
+    subscribe only to its own, so no provider can read shards sent to another."""
+    return hashlib.sha256(public_z85.encode()).hexdigest()[:32]
 
 
 def new_signing_secret() -> bytes:

@@ -40,6 +40,7 @@ SOCKET_ROLES = {"registration": _PROVIDER, "heartbeat": _PROVIDER, "tasks": _PRO
 class Principal:
     name: str
     role: str
+    key: str | None = None  # the CURVE public key (z85) the message came from; None when insecure
 
     @property
     def sees_all(self) -> bool:
@@ -99,7 +100,7 @@ class HeadAuth:
         allowed = PERMISSIONS.get(msg.type, frozenset())
         if claims.role not in allowed:
             raise AuthError(f"role {claims.role!r} may not send {msg.type.value!r}")
-        return Principal(claims.sub, claims.role)
+        return Principal(claims.sub, claims.role, user_id or claims.key)
 
     def _claims(self, token: str | None) -> Claims:
         cached = self._cache.get(token) if token else None

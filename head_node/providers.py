@@ -13,6 +13,7 @@ from head_node.events import (
     ProviderDraining, ProviderLeft, ProviderReady, ProviderSeen, TaskAccepted, TaskFailed, TaskSucceeded,
     parse_key, parse_task_id,
 )
+from common.security import topic_for
 from head_node.registry import ProviderInfo, check_register
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class ProviderChannel:
         self._owned(msg.provider_id, principal)
         info = ProviderInfo.from_register(msg)
         info.owner = principal.name
+        info.topic = topic_for(principal.key) if principal.key else msg.provider_id
         info.probe_id = protocol.new_id()
         self.registry[msg.provider_id] = info
         self.log.info("provider.registered", provider_id=msg.provider_id, name=info.name, platform=msg.platform,
@@ -71,6 +73,10 @@ class ProviderChannel:
             self.head.apply(self.head.sched.handle(ProviderLeft(time.monotonic(), msg.provider_id)))
             self.log.info("provider.left", provider_id=msg.provider_id, reason=msg.reason)
         return protocol.Ok()
+
+    def topic(self, provider_id: str) -> str:
+        info = self.registry.get(provider_id)
+        return info.topic if info is not None and info.topic else provider_id
 
     def send_probes(self) -> None:
         now = time.monotonic()

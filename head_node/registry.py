@@ -24,6 +24,7 @@ class ProviderInfo:
     task_types: list[str]
     version: str
     owner: str = ""  # the peer (token subject) that registered it; only it may speak for this provider
+    topic: str = ""  # its topic on the task socket (derived from its CURVE key when secured)
     state: str = "joining"  # joining -> ready -> suspect -> dead | left
     registered_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)

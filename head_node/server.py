@@ -21,6 +21,7 @@ from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
 from common.protocol import MsgType
 from common.codec import STATS as ARRAY_STATS
+from common.security import topic_for
 from common.sockets import frames_bytes, make_socket, recv_frames, send, split_envelope
 from common.tasks import TaskType, load_task_types
 from head_node.api import ClientApi
@@ -45,6 +46,7 @@ COUNTERS = (
     "reassignments", "speculative_launches", "results_fenced", "providers_dead", "publish_dropped",
     "auth_failures", "handshake_failures", "rejected_bad_message", "rejected_bad_result", "rejected_auth",
     "internal_errors", "cached_arrays_reused", "shards_dropped", "bytes_sent", "bytes_received",
+    "subscriptions_refused",
 )
 HANDSHAKE_FAILURES_NAMES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
@@ -96,8 +98,9 @@ class HeadNode:
     # -- sockets -------------------------------------------------------------
 
     def bind(self) -> None:
-        kinds = {"registration": zmq.ROUTER, "heartbeat": zmq.ROUTER, "tasks": zmq.PUB,
-                 "results": zmq.PULL, "api": zmq.ROUTER}
+        # secured: an XPUB that applies only subscriptions to the subscriber's own topic (see _on_subscription)
+        kinds = {"registration": zmq.ROUTER, "heartbeat": zmq.ROUTER,
+                 "tasks": zmq.PUB if self.config.insecure else zmq.XPUB, "results": zmq.PULL, "api": zmq.ROUTER}
         self.auth.start(self.ctx)  # the ZAP handler must exist before the first handshake
         if self.config.insecure:
             self.log.warning("head.INSECURE", detail="encryption and tokens are OFF: anyone who can reach "
@@ -112,6 +115,8 @@ class HeadNode:
                 self.close()
                 raise TransportError(f"cannot bind the {role} socket on {self.config.bind_url(role)}: {e}") from e
             self.sockets[role] = sock
+        if not self.config.insecure:
+            self.sockets["tasks"].setsockopt(zmq.XPUB_MANUAL, 1)
         try:
             self._http = self._start_http()
         except TransportError:
@@ -123,7 +128,7 @@ class HeadNode:
 
     def publish(self, provider_id: str, msg: protocol.Message) -> None:
         try:
-            self.counters["bytes_sent"] += send(self.sockets["tasks"], msg, topic=provider_id,
+            self.counters["bytes_sent"] += send(self.sockets["tasks"], msg, topic=self.providers.topic(provider_id),
                                                 compression=self.config.compression, flags=zmq.NOBLOCK)
         except TransportError as e:  # PUB drops at the high-water mark; the ack timeout re-publishes
             self.counters["publish_dropped"] += 1
@@ -140,6 +145,8 @@ class HeadNode:
             self.sockets["results"]: self._serve_results,
             self.sockets["api"]: lambda s: self._serve_request(s, self.api.handlers),
         }
+        if not self.config.insecure:
+            routes[self.sockets["tasks"]] = self._on_subscription
         if not self.config.insecure:  # count peers that fail the CURVE handshake (no CURVE, unknown key)
             for role, sock in self.sockets.items():
                 monitor = sock.get_monitor_socket(HANDSHAKE_FAILURES)
@@ -296,6 +303,24 @@ class HeadNode:
         except Exception as e:
             self.log.exception("head.handler_error", error=repr(e))
             self.counters["internal_errors"] += 1
+        return True
+
+    def _on_subscription(self, sock: zmq.Socket) -> bool:
+        """Apply a (un)subscription only to the subscriber's own topic, derived from its CURVE key."""
+        try:
+            frame = sock.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        data = frame.bytes
+        if not data or data[0] not in (0, 1):
+            return True
+        topic, key = data[1:], user_id(frame)
+        if key is None or topic != topic_for(key).encode():
+            self.counters["subscriptions_refused"] += 1
+            self.counters["auth_failures"] += 1
+            self.log.warning("subscription.refused", topic=topic[:64].decode(errors="replace"))
+            return True
+        sock.setsockopt(zmq.SUBSCRIBE if data[0] == 1 else zmq.UNSUBSCRIBE, topic)
         return True
 
     def _on_monitor_event(self, monitor: zmq.Socket, role: str) -> None:

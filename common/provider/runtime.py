@@ -31,6 +31,7 @@ from common.provider.devices import (
 from common.provider.heartbeat import HeartbeatThread
 from common.provider.identity import provider_id as load_provider_id
 from common.reqclient import ReqChannel
+from common.security import topic_for
 from common.sockets import make_socket, recv_frames, send
 from common.tasks import TaskType, load_task_types
 
@@ -87,6 +88,8 @@ class Provider:
         join = config.join
         self.curve = join.curve if join is not None else None
         self.token = join.token if join is not None else None
+        # the head accepts a subscription only to the topic of our own CURVE key (or our id, insecure)
+        self.topic = (topic_for(join.public) if join is not None else self.id).encode()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -115,7 +118,7 @@ class Provider:
     def _open_sockets(self) -> None:
         head, limits = self.config.head, self.config.limits
         self.sub = make_socket(self.ctx, zmq.SUB, limits=limits, curve=self.curve)
-        self.sub.setsockopt(zmq.SUBSCRIBE, self.id.encode())
+        self.sub.setsockopt(zmq.SUBSCRIBE, self.topic)
         self.sub.connect(head.url("tasks"))
         self.push = make_socket(self.ctx, zmq.PUSH, limits=limits, curve=self.curve)
         self.push.connect(head.url("results"))
@@ -208,7 +211,7 @@ class Provider:
     def _drain_sub(self, handlers) -> None:
         while self.sub.poll(0):
             frames = recv_frames(self.sub)
-            if frames[0].bytes != self.id.encode():
+            if frames[0].bytes != self.topic:
                 continue  # SUB matches by prefix: not ours
             try:
                 msg = protocol.decode(frames, topic=True, limits=self.config.limits)

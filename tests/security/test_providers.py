@@ -10,6 +10,7 @@ import zmq
 
 from common import protocol
 from common.errors import AuthError
+from common.security import topic_for
 from tests.helpers import wait_until
 from tests.security.support import (
     RawPeer, delta, head_log_events, invite, register_msg, unique, wait_counted,
@@ -126,22 +127,24 @@ def test_failure_for_a_shard_leased_to_another_provider_is_counted_as_fenced(clu
     assert delta(before, after, "results_fenced") >= 2
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the task socket is a plain PUB: any admitted provider key may subscribe to every topic (prefix b'') and "
-    "read every shard published to every other provider, other tenants' arrays included. Fix: an XPUB with "
-    "ZMQ_XPUB_MANUAL that accepts a subscription only for the topic bound to the subscribing pipe's CURVE "
-    "User-Id (e.g. topic = the provider's key digest, or the provider id registered by that key)"))
 def test_a_provider_cannot_read_shards_published_to_another(cluster, admin, raw, intruder):
+    """The task socket applies a subscription only to the subscriber's own topic (from its CURVE key)."""
     join, intruder_id = intruder
+    before = admin.stats()
     sub = raw.socket(zmq.SUB, "tasks", join)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    # our own readiness probes (we never acknowledge them) show the subscription is live
-    wait_until(lambda: sub.poll(100) and sub.recv_multipart()[0] == intruder_id.encode(), 10)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")  # everything: refused by the head
+    own = topic_for(join.public).encode()
+    sub.setsockopt(zmq.SUBSCRIBE, own)  # its own topic: allowed
+    # our own readiness probes (we never acknowledge them) show the allowed subscription is live
+    wait_until(lambda: sub.poll(100) and sub.recv_multipart()[0] == own, 10)
+    for provider_id in _real_providers(admin).values():  # the topics other providers' shards go to
+        sub.setsockopt(zmq.SUBSCRIBE, provider_id.encode())
     job = _running_job(admin)
     job.result(timeout=30)
     foreign = set()
     while sub.poll(0):
-        topic = sub.recv_multipart()[0].decode()
-        if topic != intruder_id:
+        topic = sub.recv_multipart()[0]
+        if topic != own:
             foreign.add(topic)
     assert foreign == set(), f"received messages published to {sorted(foreign)}"
+    wait_until(lambda: delta(before, admin.stats(), "subscriptions_refused") >= 3, 5)
