@@ -128,10 +128,15 @@ def verify_token(secret: bytes, token: str | None) -> Claims:
     return Claims(data["sub"], data["role"], data["key"], data["jti"], data["exp"])
 
 
-def topic_for(public_z85: str) -> str:
-    """The task-socket topic of the peer holding this CURVE key: the head lets a subscriber
-    subscribe only to its own, so no provider can read shards sent to another."""
-    return hashlib.sha256(public_z85.encode()).hexdigest()[:32]
+def topic_prefix(public_z85: str) -> str:
+    """The start of every task-socket topic of the peer holding this CURVE key: the head applies a
+    subscription only under the subscriber's own prefix, so no peer reads shards sent to another."""
+    return hashlib.sha256(public_z85.encode()).hexdigest()[:16]
+
+
+def topic_for(public_z85: str, provider_id: str) -> str:
+    """A provider's topic: its key's prefix, then its id (providers sharing one join stay apart)."""
+    return topic_prefix(public_z85) + provider_id
 
 
 def new_signing_secret() -> bytes:

@@ -57,7 +57,7 @@ class ProviderChannel:
         self._owned(msg.provider_id, principal)
         info = ProviderInfo.from_register(msg)
         info.owner = principal.name
-        info.topic = topic_for(principal.key) if principal.key else msg.provider_id
+        info.topic = topic_for(principal.key, msg.provider_id) if principal.key else msg.provider_id
         info.probe_id = protocol.new_id()
         self.registry[msg.provider_id] = info
         self.log.info("provider.registered", provider_id=msg.provider_id, name=info.name, platform=msg.platform,

@@ -21,7 +21,7 @@ from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
 from common.protocol import MsgType
 from common.codec import STATS as ARRAY_STATS
-from common.security import topic_for
+from common.security import topic_prefix
 from common.sockets import frames_bytes, make_socket, recv_frames, send, split_envelope
 from common.tasks import TaskType, load_task_types
 from head_node.api import ClientApi
@@ -315,12 +315,15 @@ class HeadNode:
         if not data or data[0] not in (0, 1):
             return True
         topic, key = data[1:], user_id(frame)
-        if key is None or topic != topic_for(key).encode():
+        if data[0] == 0:  # unsubscribing reveals nothing (it also arrives, without a User-Id, on disconnect)
+            sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+            return True
+        if key is None or not topic.startswith(topic_prefix(key).encode()):
             self.counters["subscriptions_refused"] += 1
             self.counters["auth_failures"] += 1
             self.log.warning("subscription.refused", topic=topic[:64].decode(errors="replace"))
             return True
-        sock.setsockopt(zmq.SUBSCRIBE if data[0] == 1 else zmq.UNSUBSCRIBE, topic)
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
         return True
 
     def _on_monitor_event(self, monitor: zmq.Socket, role: str) -> None:

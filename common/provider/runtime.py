@@ -89,7 +89,7 @@ class Provider:
         self.curve = join.curve if join is not None else None
         self.token = join.token if join is not None else None
         # the head accepts a subscription only to the topic of our own CURVE key (or our id, insecure)
-        self.topic = (topic_for(join.public) if join is not None else self.id).encode()
+        self.topic = (topic_for(join.public, self.id) if join is not None else self.id).encode()
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -120,3 +120,18 @@ def test_stop_leaves_nothing_running(make_cluster):
     cluster.stop()
     assert all(p.poll() is not None for p in procs)
     assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
+
+
+def test_providers_sharing_one_join_string_get_only_their_own_shards(make_cluster):
+    cluster = make_cluster(0, insecure=False)
+    shared = cluster.invite("provider", "shared")  # as docker-compose replicas do
+    cluster.add_provider(env={"ZCOMPUTE_JOIN": shared})
+    cluster.add_provider(env={"ZCOMPUTE_JOIN": shared})
+    cluster.wait_for_providers(2)
+    with cluster.client() as c:
+        job = c.submit("noop", {"shards": 20, "sleep": 0.02})
+        assert job.wait(timeout=30)["status"] == "succeeded"
+        # each shard computed once: neither provider also received the other's tasks
+        computed = wait_until(lambda: (n := sum(p["computed"] for p in c.providers())) >= 20 and n, timeout=5)
+        time.sleep(0.5)
+        assert sum(p["computed"] for p in c.providers()) == computed == 20

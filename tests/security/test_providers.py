@@ -133,7 +133,7 @@ def test_a_provider_cannot_read_shards_published_to_another(cluster, admin, raw,
     before = admin.stats()
     sub = raw.socket(zmq.SUB, "tasks", join)
     sub.setsockopt(zmq.SUBSCRIBE, b"")  # everything: refused by the head
-    own = topic_for(join.public).encode()
+    own = topic_for(join.public, intruder_id).encode()
     sub.setsockopt(zmq.SUBSCRIBE, own)  # its own topic: allowed
     # our own readiness probes (we never acknowledge them) show the allowed subscription is live
     wait_until(lambda: sub.poll(100) and sub.recv_multipart()[0] == own, 10)
