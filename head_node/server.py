@@ -13,7 +13,6 @@ from collections import Counter
 from typing import Any, Callable
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from common import protocol
 from common.config import HeadConfig
@@ -21,7 +20,6 @@ from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
 from common.protocol import MsgType
 from common.codec import STATS as ARRAY_STATS
-from common.security import topic_prefix
 from common.sockets import frames_bytes, make_socket, recv_frames, send, split_envelope
 from common.tasks import TaskType, load_task_types
 from head_node.api import ClientApi
@@ -33,6 +31,7 @@ from head_node.events import (
 )
 from head_node.jobs import Job
 from head_node.eventlog import EventLog
+from head_node.guard import SocketGuard
 from head_node.journal import Journal
 from head_node.recovery import recover
 from head_node.providers import ProviderChannel
@@ -48,12 +47,6 @@ COUNTERS = (
     "internal_errors", "cached_arrays_reused", "shards_dropped", "bytes_sent", "bytes_received",
     "subscriptions_refused",
 )
-HANDSHAKE_FAILURES_NAMES = {
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol_mismatch",  # e.g. a peer without CURVE
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "key_not_admitted",  # ZAP said no
-}
-HANDSHAKE_FAILURES = sum(HANDSHAKE_FAILURES_NAMES)
 _DRAIN = 256  # messages taken from one socket before looking at the others
 
 Handler = Callable[[protocol.Message], protocol.Message | None]
@@ -81,7 +74,7 @@ class HeadNode:
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.sockets: dict[str, zmq.Socket] = {}
-        self._monitors: list[zmq.Socket] = []
+        self._guard: SocketGuard | None = None  # secured heads: handshake monitors, subscription checks
         self.snapshot: dict[str, Any] = {}
         self._http = None
         self._next_snapshot = 0.0
@@ -117,6 +110,7 @@ class HeadNode:
             self.sockets[role] = sock
         if not self.config.insecure:
             self.sockets["tasks"].setsockopt(zmq.XPUB_MANUAL, 1)
+            self._guard = SocketGuard(self.sockets, self.counters, self.log)
         try:
             self._http = self._start_http()
         except TransportError:
@@ -145,13 +139,8 @@ class HeadNode:
             self.sockets["results"]: self._serve_results,
             self.sockets["api"]: lambda s: self._serve_request(s, self.api.handlers),
         }
-        if not self.config.insecure:
-            routes[self.sockets["tasks"]] = self._on_subscription
-        if not self.config.insecure:  # count peers that fail the CURVE handshake (no CURVE, unknown key)
-            for role, sock in self.sockets.items():
-                monitor = sock.get_monitor_socket(HANDSHAKE_FAILURES)
-                self._monitors.append(monitor)
-                routes[monitor] = lambda m, role=role: self._on_monitor_event(m, role)
+        if self._guard is not None:
+            routes.update(self._guard.routes())
         poller = zmq.Poller()
         for sock in routes:
             poller.register(sock, zmq.POLLIN)
@@ -202,12 +191,10 @@ class HeadNode:
         self.journal.close()
         self.events.close()
         self.auth.stop()
+        if self._guard is not None:
+            self._guard.close()
         for sock in self.sockets.values():
-            if self._monitors:
-                sock.disable_monitor()
             sock.close(linger=0)
-        for monitor in self._monitors:
-            monitor.close(linger=0)
         self.sockets.clear()
         self.ctx.term()
         self.log.info("head.stopped", epoch=self.epoch)
@@ -304,34 +291,6 @@ class HeadNode:
             self.log.exception("head.handler_error", error=repr(e))
             self.counters["internal_errors"] += 1
         return True
-
-    def _on_subscription(self, sock: zmq.Socket) -> bool:
-        """Apply a (un)subscription only to the subscriber's own topic, derived from its CURVE key."""
-        try:
-            frame = sock.recv(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return False
-        data = frame.bytes
-        if not data or data[0] not in (0, 1):
-            return True
-        topic, key = data[1:], user_id(frame)
-        if data[0] == 0:  # unsubscribing reveals nothing (it also arrives, without a User-Id, on disconnect)
-            sock.setsockopt(zmq.UNSUBSCRIBE, topic)
-            return True
-        if key is None or not topic.startswith(topic_prefix(key).encode()):
-            self.counters["subscriptions_refused"] += 1
-            self.counters["auth_failures"] += 1
-            self.log.warning("subscription.refused", topic=topic[:64].decode(errors="replace"))
-            return True
-        sock.setsockopt(zmq.SUBSCRIBE, topic)
-        return True
-
-    def _on_monitor_event(self, monitor: zmq.Socket, role: str) -> None:
-        event = recv_monitor_message(monitor)
-        self.counters["auth_failures"] += 1
-        self.counters["handshake_failures"] += 1
-        self.log.warning("peer.handshake_failed", socket=role, kind=HANDSHAKE_FAILURES_NAMES.get(event["event"]),
-                         endpoint=event["endpoint"].decode(errors="replace"), code=int(event["value"]))
 
     def reject(self, reason: str, detail: str) -> None:
         self.counters[f"rejected_{reason}"] += 1
