@@ -92,6 +92,9 @@ def submit() -> None:
     pass
 
 
+submit.add_command(filemean_command)
+
+
 @submit.command("matmul", epilog="Example: user-client submit matmul --a A.npy --b B.npy --splits 2x2 --wait "
                                  "--out C.npy")
 @click.option("--a", "a_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,

@@ -33,7 +33,8 @@ def test_every_script_has_help(script):
 
 @pytest.mark.parametrize("command", [
     ["head-node", "start"], ["provider", "start"], ["provider-macos", "start"], ["provider-windows", "start"],
-    ["user-client", "submit", "matmul"], ["user-client", "status"], ["user-client", "result"],
+    ["user-client", "submit", "matmul"], ["user-client", "submit", "filemean"], ["user-client", "train"],
+    ["user-client", "events"], ["user-client", "watch"], ["user-client", "status"], ["user-client", "result"],
     ["user-client", "cancel"], ["user-client", "jobs"], ["user-client", "providers"], ["user-client", "demo"],
 ])
 def test_every_command_explains_itself_with_an_example(command):
@@ -124,3 +125,18 @@ def test_demo_runs_and_cleans_up():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "max relative err" in out.stdout and "OK" in out.stdout
     assert "local cluster stopped" in out.stdout
+
+
+def test_cli_filemean_over_a_directory_of_files(shared_cluster, tmp_path):
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 100, size=(12, 50)).astype(np.float64)
+    for i, row in enumerate(data):
+        np.save(tmp_path / f"f{i:02d}.npy", row)
+    np.savetxt(tmp_path / "text.txt", data[0])  # the text format: one number per line
+    out = run("user-client", "--insecure", "--head", str(shared_cluster.address), "submit", "filemean",
+              "--input", str(tmp_path / "*.npy"), "--fanin", "3", "--out", str(tmp_path / "mean.npy"))
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "mean.npy"), data.mean(axis=0), rtol=1e-12)
+    out = run("user-client", "--insecure", "--head", str(shared_cluster.address), "submit", "filemean",
+              "--input", str(tmp_path / "nothing-here" / "*.npy"), "--wait")
+    assert out.returncode != 0 and out.stderr.strip()
