@@ -327,6 +327,7 @@ class HeadNode:
             self.journal.update_job(job)
         arrays = job.task.inputs(job, shard)
         params = self.providers.use_cache(a.provider_id, job.task.cache_keys(job, shard), shard.params, arrays)
+        arrays = {name: value() if callable(value) else value for name, value in arrays.items()}  # only what travels
         msg = protocol.Task(task_id=task_id_of(job.job_id, a.index), job_id=job.job_id, attempt=a.attempt,
                             task_type=job.task_type, index=a.index, params=params, arrays=arrays)
         self.publish(a.provider_id, msg)

@@ -56,8 +56,13 @@ class TaskType(abc.ABC):
     def plan(self, job: JobView) -> list[Shard]:
         """Shards of the first round; allocate outputs here with ``job.allocate``."""
 
-    def inputs(self, job: JobView, shard: Shard) -> dict[str, np.ndarray]:
-        """Arrays sent with ``shard`` (views into the job's inputs where possible)."""
+    def inputs(self, job: JobView, shard: Shard) -> dict[str, Any]:
+        """Arrays sent with ``shard`` (views into the job's inputs where possible).
+
+        A value may be a zero-argument callable returning the array: the head calls it only when
+        the provider does not already hold that array (see ``cache_keys``), so costly copies are
+        made only when they travel.
+        """
         return {}
 
     def cache_keys(self, job: JobView, shard: Shard) -> dict[str, str]:

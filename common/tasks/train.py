@@ -133,10 +133,15 @@ class TrainTask(TaskType):
                 "local_steps": p["local_steps"], "wire_dtype": p["wire_dtype"], "n_params": st["n_params"]}))
         return shards
 
-    def inputs(self, job: JobView, shard: Shard) -> dict[str, np.ndarray]:
+    def inputs(self, job: JobView, shard: Shard) -> dict[str, Any]:
         lo, hi = job.state["bounds"][shard.params["shard"]]
-        rows = job.output("train_idx")[lo:hi]
-        arrays = {"x": np.asarray(job.input("x")[rows], dtype=np.float32), "y": np.asarray(job.input("y")[rows])}
+
+        def rows():
+            return job.output("train_idx")[lo:hi]
+
+        # the data shard is copied out only for a provider that does not hold it yet (lazy)
+        arrays: dict[str, Any] = {"x": lambda: np.asarray(job.input("x")[rows()], dtype=np.float32),
+                                  "y": lambda: np.asarray(job.input("y")[rows()])}
         for j in range(job.state["n_params"]):
             arrays[f"p{j}"] = to_wire(job.output(f"param{j}"), job.params["wire_dtype"])
         return arrays
