@@ -62,7 +62,6 @@ class Timing:
     ack_timeout: float = 2.0  # re-publish an assignment not accepted within this
     probe_interval: float = 0.25  # re-publish the readiness probe until acknowledged
     request_timeout: float = 5.0  # REQ Lazy Pirate timeout before reopen and resend
-    request_retries: int = 3
 
 
 @dataclass(frozen=True)

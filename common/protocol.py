@@ -456,9 +456,3 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
             raise DecodeError(f"array {name!r} appears twice")
         arrays[name] = arr
     return cls(id=msg_id, token=token, arrays=arrays, **body)
-
-
-def reply_to(request: Message, reply: Message) -> Message:
-    """Give ``reply`` the request's id so a resent request gets the same answer."""
-    reply.id = request.id
-    return reply

@@ -136,7 +136,7 @@ class ClientApi:
         return protocol.ProviderList(providers=self.head.providers.summaries())
 
     def _on_stats(self, msg: protocol.Stats, principal: "Principal") -> protocol.Message:
-        counters = dict(self.head.state()["counters"])
+        counters = self.head.all_counters()  # not state(): that also summarizes every job
         counters["zap_denied"] = self.head.auth.zap_denied
         return protocol.StatsReply(epoch=self.head.epoch, counters=counters)
 

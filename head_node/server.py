@@ -395,11 +395,12 @@ class HeadNode:
         self.log.info("job.finished", job_id=job.job_id, status=status, error=error or None,
                       elapsed=round(job.summary()["elapsed"], 4), shards=len(job.shards))
 
+    def all_counters(self) -> dict[str, int]:
+        """The head's counters plus the array byte counts, both ways, before and after compression."""
+        return {**self.counters, **ARRAY_STATS,
+                "array_bytes_raw": ARRAY_STATS["array_bytes_raw_sent"] + ARRAY_STATS["array_bytes_raw_received"],
+                "array_bytes_wire": ARRAY_STATS["array_bytes_wire_sent"] + ARRAY_STATS["array_bytes_wire_received"]}
+
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "providers": self.providers.summaries(),
-                "jobs": [j.summary() for j in self.jobs.values()],
-                "counters": {**self.counters, **ARRAY_STATS,  # arrays both ways, before and after compression
-                             "array_bytes_raw": ARRAY_STATS["array_bytes_raw_sent"]
-                             + ARRAY_STATS["array_bytes_raw_received"],
-                             "array_bytes_wire": ARRAY_STATS["array_bytes_wire_sent"]
-                             + ARRAY_STATS["array_bytes_wire_received"]}}
+                "jobs": [j.summary() for j in self.jobs.values()], "counters": self.all_counters()}

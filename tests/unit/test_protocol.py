@@ -172,13 +172,6 @@ def test_defaults_fill_optional_fields():
     assert msg == protocol.Deregister(id="m1", provider_id="p", reason="")
 
 
-def test_reply_to_copies_the_request_id():
-    req = protocol.Status(job_id="j")
-    reply = protocol.reply_to(req, protocol.Ok())
-    assert reply.id == req.id
-    assert protocol.decode(protocol.encode(reply)).id == req.id
-
-
 def test_decode_error_is_a_protocol_error():
     assert issubclass(DecodeError, ProtocolError)
 
