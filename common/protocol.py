@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
+import os
 import types
 import typing
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import msgpack
 import numpy as np
@@ -60,13 +62,34 @@ class MsgType(str, enum.Enum):
     STATS_REPLY = "stats_reply"
     EVENTS = "events"
     EVENT_LIST = "event_list"
+    # several small messages in one (task socket and result socket, at high rates)
+    BATCH = "batch"
     # replies on any REQ/REP socket
     OK = "ok"
     ERROR = "error"
 
 
 def new_id() -> str:
+    """A random id (jobs, epochs, probes)."""
     return uuid.uuid4().hex
+
+
+class _MessageIds:
+    """Message ids: a random per-process prefix and a counter (a uuid4 per message costs a syscall, and
+    the provider sends thousands a second). A forked child draws a new prefix."""
+
+    def __init__(self):
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix, self.counter = uuid.uuid4().hex[:16], itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):x}"
+
+
+message_id = _MessageIds()
 
 
 @dataclass(kw_only=True)
@@ -74,7 +97,7 @@ class Message:
     """Fields every message has; ``arrays`` travel as frames after the header."""
 
     type: ClassVar[MsgType]
-    id: str = field(default_factory=new_id)
+    id: str = field(default_factory=message_id)
     token: str | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -322,6 +345,58 @@ class Error(Message):
     message: str
 
 
+@dataclass(kw_only=True)
+class Batch(Message):
+    """Small messages for one peer sent as one: ``items`` are ``{type, id, body}`` maps and item ``k``'s
+    arrays travel under the names ``"k/name"``. The token is the batch's, for every item."""
+    type = MsgType.BATCH
+    items: list[dict]
+
+
+#: the most messages one batch carries; a batch also stays under the receiver's ``max_arrays``
+BATCH_MAX_ITEMS = 64
+#: messages whose arrays are larger than this travel alone (a batch is for small messages)
+BATCH_MAX_ITEM_BYTES = 64 * 1024
+
+
+def batchable(msg: Message) -> bool:
+    return msg.type is not MsgType.BATCH and sum(a.nbytes for a in msg.arrays.values()) <= BATCH_MAX_ITEM_BYTES
+
+
+def batch(msgs: list[Message]) -> Batch:
+    """One ``Batch`` carrying ``msgs`` (all with the same token), in order."""
+    items, arrays = [], {}
+    for k, msg in enumerate(msgs):
+        items.append({"type": msg.type.value, "id": msg.id, "body": _body(msg)})
+        arrays.update({f"{k}/{name}": arr for name, arr in msg.arrays.items()})
+    return Batch(items=items, arrays=arrays, token=msgs[0].token if msgs else None)
+
+
+def unbatch(msg: Batch, limits: Limits = DEFAULT_LIMITS) -> list[Message]:
+    """The messages in ``msg``, each checked as ``decode`` checks a message; raises ``DecodeError``
+    for the whole batch if any item is bad, so a receiver applies all of it or none."""
+    if len(msg.items) > max(BATCH_MAX_ITEMS, limits.max_arrays):
+        raise DecodeError(f"batch of {len(msg.items)} messages is over the limit of {BATCH_MAX_ITEMS}")
+    per_item: dict[int, dict[str, np.ndarray]] = {}
+    for key, arr in msg.arrays.items():
+        k, sep, name = key.partition("/")
+        if not sep or not k.isdigit() or int(k) >= len(msg.items):
+            raise DecodeError(f"batch array {key!r} names no item")
+        per_item.setdefault(int(k), {})[name] = arr
+    out = []
+    for k, item in enumerate(msg.items):
+        if not isinstance(item, dict) or set(item) != {"type", "id", "body"}:
+            raise DecodeError(f"batch item {k} must be a map of type, id and body")
+        try:
+            mtype = MsgType(item["type"])
+        except ValueError:
+            raise DecodeError(f"batch item {k}: unknown message type {item['type']!r}") from None
+        if mtype is MsgType.BATCH:
+            raise DecodeError(f"batch item {k}: batches do not nest")
+        out.append(_build(mtype, item["id"], msg.token, item["body"], per_item.get(k, {})))
+    return out
+
+
 MESSAGES: dict[MsgType, type[Message]] = {
     cls.type: cls for cls in Message.__subclasses__()  # every concrete message above
 }
@@ -336,24 +411,46 @@ def _body_fields(cls: type[Message]) -> dict[str, Any]:
 _FIELDS = {t: _body_fields(cls) for t, cls in MESSAGES.items()}
 
 
-def _check_type(value: Any, hint: Any) -> bool:
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    """A predicate for values of the type ``hint`` (made once per field, used on every message)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_check_type(value, h) for h in typing.get_args(hint))
+        options = [_checker(h) for h in typing.get_args(hint)]
+        return lambda v: any(ok(v) for ok in options)
     if hint is type(None):
-        return value is None
+        return lambda v: v is None
     if origin is list:
         (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and (item is Any or all(_check_type(v, item) for v in value))
-    if hint in (dict, list):
-        return isinstance(value, hint)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        if item is Any:
+            return lambda v: isinstance(v, list)
+        item_ok = _checker(item)
+        return lambda v: isinstance(v, list) and all(item_ok(x) for x in v)
     if hint is Any:
+        return lambda v: True
+    if hint is float:
+        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if hint is int:
+        return lambda v: isinstance(v, int) and not isinstance(v, bool)
+    return lambda v: isinstance(v, hint)
+
+
+def _may_nest(hint: Any) -> bool:
+    """Whether a value of this type can hold maps or lists (and so needs the depth check)."""
+    if hint in (dict, list, Any) or typing.get_origin(hint) in (list, dict):
         return True
-    return isinstance(value, hint)
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and any(map(_may_nest, typing.get_args(hint)))
+
+
+def _required(cls: type[Message]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.name not in _BASE_FIELDS
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+
+_CHECKS = {t: {name: _checker(hint) for name, hint in fields.items()} for t, fields in _FIELDS.items()}
+_REQUIRED = {t: _required(cls) for t, cls in MESSAGES.items()}
+# a batch's items are checked one by one in unbatch(), each against the same limit
+_NESTING = {t: frozenset(n for n, h in fields.items() if _may_nest(h) and not (t is MsgType.BATCH and n == "items"))
+            for t, fields in _FIELDS.items()}
 
 
 def _depth(value: Any, level: int = 0) -> int:
@@ -373,12 +470,16 @@ def encode(msg: Message, topic: str | None = None, compression: str = "auto") ->
         meta, parts = encode_array(name, arr, compression)
         metas.append(meta)
         payloads.extend(parts)
-    body = {name: getattr(msg, name) for name in _FIELDS[msg.type]}
-    header = {"v": VERSION, "type": msg.type.value, "id": msg.id, "token": msg.token, "body": body, "arrays": metas}
+    header = {"v": VERSION, "type": msg.type.value, "id": msg.id, "token": msg.token, "body": _body(msg),
+              "arrays": metas}
     frames: list[Any] = [msgpack.packb(header, use_bin_type=True), *payloads]
     if topic is not None:
         frames.insert(0, topic.encode())
     return frames
+
+
+def _body(msg: Message) -> dict[str, Any]:
+    return {name: getattr(msg, name) for name in _FIELDS[msg.type]}
 
 
 def _buffer_len(frame: Any) -> int:
@@ -416,37 +517,19 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
     except ValueError:
         raise DecodeError(f"unknown message type {header.get('type')!r}") from None
     msg_id, token, body, metas = (header.get(k) for k in ("id", "token", "body", "arrays"))
-    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 128:
-        raise DecodeError("message id must be a non-empty string")
     if token is not None and not isinstance(token, str):
         raise DecodeError("token must be a string")
-    if not isinstance(body, dict) or not isinstance(metas, list):
-        raise DecodeError("body must be a map and arrays a list")
-    if _depth(body) > _MAX_DEPTH:
-        raise DecodeError(f"body is nested deeper than {_MAX_DEPTH} levels")
+    if not isinstance(metas, list):
+        raise DecodeError("the header's arrays must be a list")
     if len(metas) > limits.max_arrays:
         raise DecodeError(f"header lists {len(metas)} arrays, over the limit of {limits.max_arrays}")
-    fields = _FIELDS[mtype]
-    if not all(isinstance(k, str) for k in body):
-        raise DecodeError(f"{mtype.value}: body keys must be strings")
-    unknown = set(body) - set(fields)
-    if unknown:
-        raise DecodeError(f"{mtype.value}: unknown fields {sorted(unknown)}")
-    cls = MESSAGES[mtype]
-    required = {f.name for f in dataclasses.fields(cls) if f.name in fields and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING}
-    missing = required - set(body)
-    if missing:
-        raise DecodeError(f"{mtype.value}: missing fields {sorted(missing)}")
-    for name, value in body.items():
-        if not _check_type(value, fields[name]):
-            raise DecodeError(f"{mtype.value}: field {name!r} has the wrong type")
     decoded_total = sum(check_array_meta(meta, limits)[4] for meta in metas)
     if decoded_total > limits.max_message_bytes:  # compressed frames may not expand past the limit either
         raise DecodeError(f"arrays decode to {decoded_total} bytes, over the limit of {limits.max_message_bytes}")
     expected = sum(frame_count(meta) for meta in metas)
     if expected != len(frames) - 1:
         raise DecodeError(f"header lists {len(metas)} arrays in {expected} frames but {len(frames) - 1} frames follow")
+    cls = _checked(mtype, msg_id, body)  # before any array is decoded (decompressed)
     arrays, pos = {}, 1
     for meta in metas:
         count = frame_count(meta)
@@ -456,3 +539,31 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
             raise DecodeError(f"array {name!r} appears twice")
         arrays[name] = arr
     return cls(id=msg_id, token=token, arrays=arrays, **body)
+
+
+def _build(mtype: MsgType, msg_id: Any, token: str | None, body: Any, arrays: dict[str, np.ndarray]) -> Message:
+    """The message of type ``mtype`` from its parts, every field checked."""
+    return _checked(mtype, msg_id, body)(id=msg_id, token=token, arrays=arrays, **body)
+
+
+def _checked(mtype: MsgType, msg_id: Any, body: Any) -> type[Message]:
+    """The class of a message whose id and body are well formed; raises ``DecodeError`` if not."""
+    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 128:
+        raise DecodeError("message id must be a non-empty string")
+    if not isinstance(body, dict):
+        raise DecodeError("body must be a map")
+    checks = _CHECKS[mtype]
+    if not all(isinstance(k, str) for k in body):
+        raise DecodeError(f"{mtype.value}: body keys must be strings")
+    unknown = body.keys() - checks.keys()
+    if unknown:
+        raise DecodeError(f"{mtype.value}: unknown fields {sorted(unknown)}")
+    if any(_depth(body[n], 1) > _MAX_DEPTH for n in _NESTING[mtype] if n in body):
+        raise DecodeError(f"body is nested deeper than {_MAX_DEPTH} levels")
+    missing = _REQUIRED[mtype] - body.keys()
+    if missing:
+        raise DecodeError(f"{mtype.value}: missing fields {sorted(missing)}")
+    for name, value in body.items():
+        if not checks[name](value):
+            raise DecodeError(f"{mtype.value}: field {name!r} has the wrong type")
+    return MESSAGES[mtype]

@@ -5,8 +5,21 @@ from __future__ import annotations
 
 import json
 import time
+from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import IO, Any
+
+
+def _line(job_id: str, event: str, fields: dict[str, Any]) -> str:
+    """The event as one JSON line, as ``json.dumps`` writes it; strings and ints (three events a shard,
+    thousands of shards a second) skip the general encoder, which costs twice as much."""
+    parts = [f'{{"time": {round(time.time(), 6)!r}, "event": {_quote(event)}, "job_id": {_quote(job_id)}']
+    for key, value in fields.items():
+        kind = type(value)
+        text = _quote(value) if kind is str else str(value) if kind is int else json.dumps(value)
+        parts.append(f", {_quote(key)}: {text}")
+    parts.append("}\n")
+    return "".join(parts)
 
 
 class EventLog:
@@ -23,8 +36,7 @@ class EventLog:
         return f
 
     def record(self, job_id: str, event: str, **fields: Any) -> None:
-        line = json.dumps({"time": round(time.time(), 6), "event": event, "job_id": job_id, **fields})
-        self._file(job_id).write(line + "\n")
+        self._file(job_id).write(_line(job_id, event, fields))
 
     def flush(self) -> None:
         """Called every tick: buffered writes reach the file within ~50 ms."""

@@ -20,7 +20,7 @@ from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
 from common.protocol import MsgType
 from common.codec import STATS as ARRAY_STATS
-from common.sockets import frames_bytes, make_socket, recv_frames, send, split_envelope
+from common.sockets import Outbox, frames_bytes, make_socket, recv_frames, send, split_envelope
 from common.tasks import TaskType, load_task_types
 from head_node.api import ClientApi
 from head_node.auth import HeadAuth, user_id
@@ -45,9 +45,10 @@ COUNTERS = (
     "reassignments", "speculative_launches", "results_fenced", "providers_dead", "publish_dropped",
     "auth_failures", "handshake_failures", "rejected_bad_message", "rejected_bad_result", "rejected_auth",
     "internal_errors", "cached_arrays_reused", "shards_dropped", "bytes_sent", "bytes_received",
-    "subscriptions_refused",
+    "subscriptions_refused", "batches_received",
 )
 _DRAIN = 256  # messages taken from one socket before looking at the others
+_DRAIN_SECONDS = 0.01  # ... or this long: a queue of result batches must not hold heartbeats back
 
 Handler = Callable[[protocol.Message], protocol.Message | None]
 
@@ -74,6 +75,7 @@ class HeadNode:
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.sockets: dict[str, zmq.Socket] = {}
+        self.outbox: Outbox | None = None  # the tasks socket's, once bound
         self._guard: SocketGuard | None = None  # secured heads: handshake monitors, subscription checks
         self.snapshot: dict[str, Any] = {}
         self._http = None
@@ -108,6 +110,8 @@ class HeadNode:
                 self.close()
                 raise TransportError(f"cannot bind the {role} socket on {self.config.bind_url(role)}: {e}") from e
             self.sockets[role] = sock
+        self.outbox = Outbox(self.sockets["tasks"], compression=self.config.compression, limits=self.config.limits,
+                             on_error=self._publish_failed)
         if not self.config.insecure:
             self.sockets["tasks"].setsockopt(zmq.XPUB_MANUAL, 1)
             self._guard = SocketGuard(self.sockets, self.counters, self.log)
@@ -121,12 +125,16 @@ class HeadNode:
                       task_types=sorted(self.tasks), data_dir=str(self.config.data_dir))
 
     def publish(self, provider_id: str, msg: protocol.Message) -> None:
-        try:
-            self.counters["bytes_sent"] += send(self.sockets["tasks"], msg, topic=self.providers.topic(provider_id),
-                                                compression=self.config.compression, flags=zmq.NOBLOCK)
-        except TransportError as e:  # PUB drops at the high-water mark; the ack timeout re-publishes
-            self.counters["publish_dropped"] += 1
-            self.log.warning("task.publish_dropped", provider_id=provider_id, error=str(e))
+        """Queue ``msg`` for the provider's topic; small messages go out batched when the loop flushes."""
+        self.counters["bytes_sent"] += self.outbox.put(msg, topic=self.providers.topic(provider_id))
+
+    def flush(self) -> None:
+        self.counters["bytes_sent"] += self.outbox.flush()
+
+    def _publish_failed(self, topic: str | None, count: int, error: TransportError) -> None:
+        # PUB drops at the high-water mark; the ack timeout re-publishes
+        self.counters["publish_dropped"] += count
+        self.log.warning("task.publish_dropped", topic=topic, messages=count, error=str(error))
 
     # -- loop ----------------------------------------------------------------
 
@@ -151,8 +159,9 @@ class HeadNode:
             while not self._stop.is_set():
                 timeout = max(0.0, next_tick - time.monotonic())
                 for sock, _ in poller.poll(timeout * 1000):
+                    until = time.monotonic() + _DRAIN_SECONDS
                     for _ in range(_DRAIN):
-                        if not sock.poll(0, zmq.POLLIN):
+                        if not sock.poll(0, zmq.POLLIN) or time.monotonic() > until:
                             break
                         try:
                             if routes[sock](sock) is False:
@@ -160,8 +169,10 @@ class HeadNode:
                         except Exception as e:  # nothing one message does may stop the head
                             self.counters["internal_errors"] += 1
                             self.log.exception("head.loop_error", error=repr(e))
+                    self.flush()  # what handling these messages assigned, one batch per provider
                 if time.monotonic() >= next_tick:
                     self.tick()
+                    self.flush()
                     next_tick = time.monotonic() + TICK_SECONDS
         finally:
             if http is not None:
@@ -245,14 +256,17 @@ class HeadNode:
             return False
         self.counters["bytes_received"] += frames_bytes(frames)
         envelope, body = split_envelope(frames)
+        uid = user_id(body[0]) if body else None
         reply: protocol.Message
         msg = None
         try:
             msg = protocol.decode(body, limits=self.config.limits)
+            # the received frames go now: a large upload is not held twice while its handler runs
+            frames = body = None  # noqa: F841
             handler = handlers.get(msg.type)
             if handler is None:
                 raise RequestError(f"message type {msg.type.value!r} is not accepted on this socket", "bad_message")
-            reply = handler(msg, self.auth.principal(msg, user_id(body[0])))
+            reply = handler(msg, self.auth.principal(msg, uid))
         except DecodeError as e:
             self.reject("bad_message", str(e))
             reply = protocol.Error(code="bad_message", message=str(e))
@@ -277,19 +291,35 @@ class HeadNode:
         except TransportError:
             return False
         self.counters["bytes_received"] += frames_bytes(frames)
+        uid = user_id(frames[0])
         try:
             msg = protocol.decode(frames, limits=self.config.limits)
-            handler = self.providers.result_handlers.get(msg.type)
-            if handler is None:
-                raise RequestError(f"message type {msg.type.value!r} is not accepted on the results socket")
-            handler(msg, self.auth.principal(msg, user_id(frames[0])))
+            frames = None  # a large result is not held twice while it is merged
+            msgs = [msg]
+            if msg.type is MsgType.BATCH:
+                msgs = protocol.unbatch(msg, self.config.limits)
+                self.counters["batches_received"] += 1
+            handlers = self.providers.result_handlers
+            for m in msgs:  # a batch is taken whole or not at all
+                if m.type not in handlers:
+                    raise RequestError(f"message type {m.type.value!r} is not accepted on the results socket")
+            principals = [self.auth.principal(m, uid) for m in msgs]  # each item's type against the role
         except AuthError as e:
             self.reject("auth", str(e))
+            return True
         except (DecodeError, RequestError) as e:
             self.reject("bad_result", str(e))
-        except Exception as e:
-            self.log.exception("head.handler_error", error=repr(e))
-            self.counters["internal_errors"] += 1
+            return True
+        for m, principal in zip(msgs, principals):
+            try:
+                handlers[m.type](m, principal)
+            except AuthError as e:
+                self.reject("auth", str(e))
+            except RequestError as e:
+                self.reject("bad_result", str(e))
+            except Exception as e:
+                self.log.exception("head.handler_error", error=repr(e))
+                self.counters["internal_errors"] += 1
         return True
 
     def reject(self, reason: str, detail: str) -> None:
@@ -378,7 +408,8 @@ class HeadNode:
             indices = job.add_shards(shards, time.monotonic())
             job.files.flush()  # the round's checkpoint is on disk before the journal says so
             self.journal.add_round(job, shards)
-            self.apply(self.sched.handle(ShardsAdded(time.monotonic(), job.job_id, tuple(indices))))
+            self.apply(self.sched.handle(ShardsAdded(time.monotonic(), job.job_id, tuple(indices),
+                                                     affinity=job.affinity(indices))))
         else:
             self.sched.finish_job(job.job_id)
             self.finish(job, "succeeded")
@@ -397,7 +428,7 @@ class HeadNode:
 
     def all_counters(self) -> dict[str, int]:
         """The head's counters plus the array byte counts, both ways, before and after compression."""
-        return {**self.counters, **ARRAY_STATS,
+        return {**self.counters, **ARRAY_STATS, "batches_sent": self.outbox.batches if self.outbox else 0,
                 "array_bytes_raw": ARRAY_STATS["array_bytes_raw_sent"] + ARRAY_STATS["array_bytes_raw_received"],
                 "array_bytes_wire": ARRAY_STATS["array_bytes_wire_sent"] + ARRAY_STATS["array_bytes_wire_received"]}
 

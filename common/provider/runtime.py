@@ -32,12 +32,15 @@ from common.provider.heartbeat import HeartbeatThread
 from common.provider.identity import provider_id as load_provider_id
 from common.reqclient import ReqChannel
 from common.security import topic_for
-from common.sockets import make_socket, recv_frames, send
+from common.sockets import Outbox, make_socket, recv_frames
 from common.tasks import TaskType, load_task_types
 
 log = get_logger("provider")
 RESEND_AFTER_BEATS = 3  # an unacknowledged result is pushed again after this many heartbeat intervals
 DRAIN_SECONDS = 30.0  # longest a graceful stop waits for running shards to finish and be acknowledged
+#: an acceptance waits this long for its shard's result, which says the same and more (tiny shards: one
+#: message a shard instead of two); far below the head's ack timeout (seconds)
+ACCEPT_DELAY = 0.02
 
 
 def measure_gflops(seconds: float = 0.05, n: int = 256) -> float:
@@ -50,7 +53,7 @@ def measure_gflops(seconds: float = 0.05, n: int = 256) -> float:
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def task_key(msg: protocol.Task | protocol.CancelTask) -> str:
+def task_key(msg: protocol.Task | protocol.CancelTask | protocol.Result | protocol.Failure) -> str:
     return f"{msg.task_id}#{msg.attempt}"
 
 
@@ -78,6 +81,7 @@ class Provider:
         self.stop_event = threading.Event()
         self.registered = threading.Event()
         self._results: queue.SimpleQueue[protocol.Message] = queue.SimpleQueue()
+        self._accepts: dict[str, tuple[protocol.Accepted, float]] = {}  # key -> (message, send by)
         self._wake_url = f"inproc://wake-{self.id}"
         self._local = threading.local()
         self._new_epoch = threading.Event()
@@ -122,6 +126,10 @@ class Provider:
         self.sub.connect(head.url("tasks"))
         self.push = make_socket(self.ctx, zmq.PUSH, limits=limits, curve=self.curve)
         self.push.connect(head.url("results"))
+        # the outbox pushes results again until the head acknowledges them, so a failed send is only logged
+        self.out = Outbox(self.push, compression=self.config.compression, limits=limits,
+                          on_error=lambda _topic, count, e: log.warning("result.send_failed", provider_id=self.id,
+                                                                       messages=count, error=str(e)))
         self.wake = make_socket(self.ctx, zmq.PULL)
         self.wake.bind(self._wake_url)
         self.reg = ReqChannel(self.ctx, head.url("registration"), timeout=self.config.timing.request_timeout,
@@ -171,13 +179,15 @@ class Provider:
                 drain_deadline = drain_deadline or time.monotonic() + DRAIN_SECONDS
                 if self.book.idle or time.monotonic() > drain_deadline:
                     break
-            ready = dict(poller.poll(100))
+            wait = min((by for _, by in self._accepts.values()), default=time.monotonic() + 0.1) - time.monotonic()
+            ready = dict(poller.poll(max(0.0, min(wait, 0.1)) * 1000))
             if self.sub in ready:
                 self._drain_sub(handlers)
             if self.wake in ready:
                 while self.wake.poll(0):
                     self.wake.recv()
             self._flush_results()
+            self._send_accepts(time.monotonic())
             if self._new_epoch.is_set():
                 self._new_epoch.clear()
                 self.registered.clear()
@@ -187,12 +197,16 @@ class Provider:
                 # only while the head answers: a partition must not pile up copies in the PUSH queue
                 self._resend(self.book.due(resend_after))
                 next_resend = time.monotonic() + resend_after
+            self.out.flush()  # what this pass accepted, finished and re-sent: one message
 
     def _head_answered_since(self, moment: float) -> bool:
         last = self.heartbeat.last_reply if self.heartbeat is not None else None
         return last is not None and last >= moment
 
     def _shutdown(self) -> None:
+        if hasattr(self, "out"):
+            self._send_accepts(float("inf"))
+            self.out.flush()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self.registered.is_set():
             try:
@@ -215,14 +229,16 @@ class Provider:
                 continue  # SUB matches by prefix: not ours
             try:
                 msg = protocol.decode(frames, topic=True, limits=self.config.limits)
+                msgs = protocol.unbatch(msg, self.config.limits) if msg.type is MsgType.BATCH else [msg]
             except DecodeError as e:
                 log.warning("message.rejected", provider_id=self.id, error=str(e))
                 continue
-            handler = handlers.get(msg.type)
-            if handler is None:
-                log.warning("message.unexpected", provider_id=self.id, type=msg.type.value)
-                continue
-            handler(msg)
+            for msg in msgs:
+                handler = handlers.get(msg.type)
+                if handler is None:
+                    log.warning("message.unexpected", provider_id=self.id, type=msg.type.value)
+                    continue
+                handler(msg)
 
     def _on_probe(self, msg: protocol.Probe) -> None:
         self._send(protocol.ProbeAck(provider_id=self.id, probe_id=msg.probe_id))
@@ -249,7 +265,7 @@ class Provider:
         if not self.book.start(key):
             self._send(accepted)  # a re-published copy: our first acceptance was lost
             return
-        self._send(accepted)
+        self._accepts[key] = (accepted, time.monotonic() + ACCEPT_DELAY)
         log.debug("task.accepted", provider_id=self.id, job_id=msg.job_id, task_id=msg.task_id, attempt=msg.attempt)
         self._executor.submit(self._compute, msg, key)
 
@@ -299,7 +315,14 @@ class Provider:
                 msg = self._results.get_nowait()
             except queue.Empty:
                 return
+            self._accepts.pop(task_key(msg), None)  # the result says it was accepted
             self._send(msg)
+
+    def _send_accepts(self, now: float) -> None:
+        """Acceptances whose shard has not finished within ``ACCEPT_DELAY``."""
+        due = [key for key, (_, by) in self._accepts.items() if by <= now]
+        for key in due:
+            self._send(self._accepts.pop(key)[0])
 
     def _resend(self, msgs: list[protocol.Message]) -> None:
         for msg in msgs:
@@ -307,11 +330,9 @@ class Provider:
             self._send(msg)
 
     def _send(self, msg: protocol.Message) -> None:
+        """Queue ``msg`` for the head; the loop flushes small ones as one batch each pass."""
         msg.token = self.token
-        try:
-            send(self.push, msg, compression=self.config.compression, flags=zmq.NOBLOCK)
-        except ZComputeError as e:  # the outbox pushes results again until the head acknowledges them
-            log.warning("result.send_failed", provider_id=self.id, error=str(e))
+        self.out.put(msg)
 
 
 def _cores() -> int:

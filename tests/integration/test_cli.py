@@ -92,7 +92,8 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
         out = run("user-client", "events", job_id, env=cenv)
         kinds = [__import__("json").loads(line)["event"] for line in out.stdout.splitlines()]
         assert out.returncode == 0 and kinds[0] == "submit" and kinds[-1] == "finish"
-        assert kinds.count("result") == 4 and "assign" in kinds and "accept" in kinds
+        # "accept" is left out for shards whose result came within 20 ms (the result says the same)
+        assert kinds.count("result") == 4 and kinds.count("assign") >= 4
         out = run("user-client", "watch", job_id, env=cenv)
         assert out.returncode == 0 and "succeeded" in out.stdout
         out = run("user-client", "cancel", job_id, env=cenv)

@@ -285,7 +285,7 @@ def test_int_is_accepted_where_float_is_expected():
     ({"id": "x" * 129}, "message id"),
     ({"token": 5}, "token must be a string"),
     ({"body": []}, "body must be a map"),
-    ({"arrays": {}}, "arrays a list"),
+    ({"arrays": {}}, "arrays must be a list"),
 ])
 def test_rejects_bad_envelope(over, match):
     _reject([_pack(_header(**over))], match)
@@ -444,3 +444,73 @@ def test_rejects_message_over_max_message_bytes():
 def test_message_limit_counts_memoryview_frames():
     payload = memoryview(np.zeros(6, np.float64)).cast("B")
     _reject([_pack(_header(arrays=[_meta()])), payload], "exceeds the limit of 60", limits=Limits(max_message_bytes=60))
+
+
+# -- batches ---------------------------------------------------------------------
+
+
+def _small_messages() -> list[protocol.Message]:
+    return [
+        protocol.Accepted(provider_id="p1", task_id="j.0", attempt=1, token="t"),
+        protocol.Result(provider_id="p1", task_id="j.0", attempt=1, elapsed=0.5, token="t",
+                        arrays={"data": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.int64(3)}),
+        protocol.Failure(provider_id="p1", task_id="j.1", attempt=2, error="boom", token="t"),
+        protocol.Result(provider_id="p1", task_id="j.2", attempt=1, elapsed=0.1, token="t",
+                        arrays={"data": np.zeros(0, np.uint8)}),
+    ]
+
+
+@pytest.mark.parametrize("topic", [None, "p1"])
+def test_batch_round_trip_keeps_order_arrays_and_token(topic):
+    msgs = _small_messages()
+    got = protocol.decode(protocol.encode(protocol.batch(msgs), topic=topic), topic=topic is not None)
+    assert got.type is MsgType.BATCH
+    inner = protocol.unbatch(got)
+    assert [m.id for m in inner] == [m.id for m in msgs]
+    for g, w in zip(inner, msgs):
+        _assert_same(g, w)
+        assert g.token == "t"
+
+
+def test_batchable_is_for_small_messages_only():
+    assert protocol.batchable(protocol.Accepted(provider_id="p", task_id="j.0", attempt=1))
+    big = protocol.Result(provider_id="p", task_id="j.0", attempt=1, elapsed=0.0,
+                          arrays={"c": np.zeros(protocol.BATCH_MAX_ITEM_BYTES + 1, np.uint8)})
+    assert not protocol.batchable(big)
+    assert not protocol.batchable(protocol.batch([]))
+
+
+def _batch_frames(items, arrays=None, metas=None) -> list:
+    frames = protocol.encode(protocol.Batch(items=[], arrays=arrays or {}))
+    header = msgpack.unpackb(frames[0])
+    header["body"]["items"] = items
+    if metas is not None:
+        header["arrays"] = metas
+    return [_pack(header), *frames[1:]]
+
+
+_GOOD_ITEM = {"type": "accepted", "id": "m1", "body": {"provider_id": "p", "task_id": "j.0", "attempt": 1}}
+
+
+@pytest.mark.parametrize(("items", "match"), [
+    ([_GOOD_ITEM, {"type": "accepted", "id": "m2", "body": {"provider_id": "p"}}], "missing fields"),
+    ([{"type": "bogus", "id": "m1", "body": {}}], "unknown message type"),
+    ([{"type": "batch", "id": "m1", "body": {"items": []}}], "do not nest"),
+    ([{"type": "accepted", "id": "", "body": _GOOD_ITEM["body"]}], "message id"),
+    ([{"type": "accepted", "id": "m1"}], "map of type, id and body"),
+    (["accepted"], "wrong type"),
+    ([{**_GOOD_ITEM, "body": {**_GOOD_ITEM["body"], "attempt": "1"}}], "wrong type"),
+    ([{"type": "result", "id": "m1", "body": {"provider_id": "p", "task_id": "j", "attempt": 1, "elapsed": 0.0,
+                                               "meta": {"a": [[[[[[[[[1]]]]]]]]]}}}], "nested deeper"),
+    ([_GOOD_ITEM] * (protocol.BATCH_MAX_ITEMS + 1), "over the limit"),
+])
+def test_unbatch_refuses_the_whole_batch_for_one_bad_item(items, match):
+    with pytest.raises(DecodeError, match=match):
+        protocol.unbatch(protocol.decode(_batch_frames(items)))
+
+
+def test_unbatch_refuses_arrays_that_name_no_item():
+    for name in ("data", "1/data", "x/data"):
+        batch = protocol.decode(protocol.encode(protocol.Batch(items=[_GOOD_ITEM], arrays={name: np.zeros(2)})))
+        with pytest.raises(DecodeError, match="names no item"):
+            protocol.unbatch(batch)
