@@ -88,6 +88,9 @@ class ClientApi:
                   files=files, priority=msg.priority)
         try:
             files.save_inputs(msg.arrays)
+            # the inputs are on disk: free the decoded upload before the first shards go out from the
+            # memory-mapped files, so the head never holds the upload and the mapped inputs at once
+            msg.arrays.clear()
             job.ready_slots = head.sched.ready_slots(msg.task_type)
             shards = task.plan(job)
             if not shards:
@@ -108,7 +111,7 @@ class ClientApi:
         self.log.info("job.submitted", job_id=job_id, task_type=msg.task_type, shards=len(shards), owner=owner)
         head.events.record(job_id, "submit", task_type=msg.task_type, owner=owner, shards=len(shards))
         head.apply(head.sched.handle(JobAdded(time.monotonic(), job_id, msg.task_type, tuple(indices),
-                                              priority=msg.priority)))
+                                              priority=msg.priority, affinity=job.affinity(indices))))
         return protocol.Submitted(job_id=job_id)
 
     def _on_status(self, msg: protocol.Status, principal: "Principal") -> protocol.Message:

@@ -79,6 +79,7 @@ class JobAdded(Event):
     priority: int = 0
     attempts: dict[int, int] | None = field(default=None, hash=False)
     recovered: bool = False  # restored from the journal: adopt results and running shards of the current attempt
+    affinity: dict[int, str] | None = field(default=None, hash=False)  # index -> inputs it shares (Job.affinity)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class ShardsAdded(Event):
     job_id: str
     indices: tuple[int, ...]
     attempts: dict[int, int] | None = field(default=None, hash=False)
+    affinity: dict[int, str] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,16 @@ class Job:
         self.round_started = now
         return self.round_indices
 
+    def affinity(self, indices) -> dict[int, str]:
+        """Shard index -> the inputs it shares with other shards (its cache keys), for shards that have
+        any: the scheduler gives a provider the shards whose inputs it already holds first."""
+        out = {}
+        for i in indices:
+            keys = self.task.cache_keys(self, self.shards[i])
+            if keys:
+                out[i] = "|".join(sorted(keys.values()))
+        return out
+
     def finish(self, status: str, error: str = "") -> None:
         self.status, self.error, self.finished_at = status, error, time.time()
         self.files.release()

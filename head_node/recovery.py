@@ -48,7 +48,8 @@ def recover(head: "HeadNode") -> None:
                       pending=len(pending), round=job.round)
         if pending:
             head.apply(head.sched.handle(JobAdded(time.monotonic(), job.job_id, job.task_type, pending,
-                                                  priority=job.priority, attempts=attempts, recovered=True)))
+                                                  priority=job.priority, attempts=attempts, recovered=True,
+                                                  affinity=job.affinity(pending))))
         else:  # the round was complete when the head died: plan the next one (or finish)
             head.sched.handle(JobAdded(time.monotonic(), job.job_id, job.task_type, (), priority=job.priority))
             head.apply_round_done(job)

@@ -9,6 +9,7 @@ current attempt (fencing), so shards run at least once and merge exactly once.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from head_node.events import (
 
 __all__ = ["Scheduler", "SchedulerConfig"]
 
+AFFINITY_LOOKAHEAD = 256  # pending shards looked at for one whose inputs a provider already holds
+
 
 @dataclass
 class _Provider:
@@ -29,6 +32,7 @@ class _Provider:
     last_seen: float
     state: str = "ready"  # ready | suspect | draining
     leases: set[tuple[str, int]] = field(default_factory=set)  # (job_id, index)
+    holds: dict[str, set[str]] = field(default_factory=dict)  # job_id -> affinity keys of shards leased to it
 
     def free(self, extra: int) -> int:
         """Shards it may take now, holding ``extra`` beyond its slots."""
@@ -53,6 +57,7 @@ class _Shard:
     failures: int = 0
     leases: dict[str, _Lease] = field(default_factory=dict)  # provider_id -> lease (2 while speculating)
     excluded: set[str] = field(default_factory=set)
+    affinity: str | None = None  # the inputs it shares with other shards (their cache keys)
 
 
 @dataclass
@@ -214,20 +219,22 @@ class Scheduler:
         self._seq += 1
         job = _Job(ev.job_id, ev.task_type, ev.priority, self._seq)
         self.jobs[ev.job_id] = job
-        self._add_shards(job, ev.indices, ev.attempts, ev.recovered)
+        self._add_shards(job, ev.indices, ev.attempts, ev.recovered, ev.affinity)
         return []
 
     def _on_shards_added(self, ev: ShardsAdded) -> list[Action]:
         job = self.jobs.get(ev.job_id)
         if job is not None:
-            self._add_shards(job, ev.indices, ev.attempts)
+            self._add_shards(job, ev.indices, ev.attempts, affinity=ev.affinity)
         return []
 
     @staticmethod
-    def _add_shards(job: _Job, indices, attempts: dict[int, int] | None, recovered: bool = False) -> None:
+    def _add_shards(job: _Job, indices, attempts: dict[int, int] | None, recovered: bool = False,
+                    affinity: dict[int, str] | None = None) -> None:
         job.round, job.round_done = set(indices), 0
+        attempts, affinity = attempts or {}, affinity or {}
         for i in indices:
-            job.shards[i] = _Shard(i, attempt=(attempts or {}).get(i, 0), recovered=recovered)
+            job.shards[i] = _Shard(i, attempt=attempts.get(i, 0), recovered=recovered, affinity=affinity.get(i))
             job.pending.append(i)
 
     def _on_job_cancelled(self, ev: JobCancelled) -> list[Action]:
@@ -260,6 +267,8 @@ class Scheduler:
                 actions.append(Cancel(pid, job_id, shard.index, lease.attempt))
                 if pid in self.providers:
                     self.providers[pid].leases.discard((job_id, shard.index))
+        for p in self.providers.values():
+            p.holds.pop(job_id, None)
         return actions
 
     # -- task lifecycle ------------------------------------------------------
@@ -376,13 +385,30 @@ class Scheduler:
             while job.pending:
                 shard = job.shards[job.pending[0]]
                 # exclusion is a preference: a shard retries on an excluded provider rather than stall
-                provider = (self._pick_provider(job, shard, exclude=shard.excluded)
-                            or self._pick_provider(job, shard, exclude=set()))
+                provider = self._pick_provider(job, shard, exclude=shard.excluded)
+                if provider is None and shard.excluded:
+                    provider = self._pick_provider(job, shard, exclude=set())
                 if provider is None:
                     break
-                job.pending.popleft()
+                shard = self._held_inputs_first(job, shard, self.providers[provider])
+                if shard.index == job.pending[0]:
+                    job.pending.popleft()
+                else:
+                    job.pending.remove(shard.index)
                 actions.append(self._lease(job, shard, provider, now))
         return actions
+
+    def _held_inputs_first(self, job: _Job, shard: _Shard, p: _Provider) -> _Shard:
+        """Instead of ``shard``, a pending shard whose inputs ``p`` already holds, if ``shard``'s are new to
+        it (matmul: the B band it has; training: its data shard). Looks at the next shards only."""
+        held = p.holds.get(job.job_id)
+        if not held or shard.affinity is None or shard.affinity in held:
+            return shard
+        for index in itertools.islice(job.pending, 1, AFFINITY_LOOKAHEAD):
+            other = job.shards[index]
+            if other.affinity in held and p.provider_id not in other.excluded and p.provider_id not in other.leases:
+                return other
+        return shard
 
     def _pick_provider(self, job: _Job, shard: _Shard, exclude: set[str], idle_only: bool = False) -> str | None:
         """The supporting provider with the most free slots (ties: the first registered)."""
@@ -408,7 +434,10 @@ class Scheduler:
 
     def _lease(self, job: _Job, shard: _Shard, provider_id: str, now: float, speculative: bool = False) -> Assign:
         shard.leases[provider_id] = _Lease(provider_id, shard.attempt, now, now + self.config.ack_timeout)
-        self.providers[provider_id].leases.add((job.job_id, shard.index))
+        p = self.providers[provider_id]
+        p.leases.add((job.job_id, shard.index))
+        if shard.affinity is not None:
+            p.holds.setdefault(job.job_id, set()).add(shard.affinity)
         return Assign(job.job_id, shard.index, shard.attempt, provider_id, speculative)
 
     def _shard(self, job_id: str, index: int) -> _Shard | None:

@@ -1,8 +1,9 @@
 """Job arrays on disk: inputs saved as ``.npy`` and memory-mapped, outputs written in place.
 
 A large job does not need to fit in the head's memory: shards are views into
-the memory-mapped inputs and results are written straight into a
-memory-mapped output file.
+the memory-mapped inputs and each result block is copied into a memory-mapped
+output file, so the whole output never sits in the head's heap (only the
+blocks being received do; see bench/memory.py).
 """
 
 from __future__ import annotations

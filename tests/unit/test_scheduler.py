@@ -40,6 +40,39 @@ def ok(s: Scheduler, job: str, index: int, attempt: int, pid: str, now: float = 
     return s.handle(TaskSucceeded(now, job, index, attempt, pid))
 
 
+# -- inputs a provider holds --------------------------------------------------------------
+
+
+def test_a_free_provider_takes_the_shard_whose_inputs_it_holds():
+    s = make()
+    ready(s, "p1", types=("matmul",)), ready(s, "p2", types=("matmul",))
+    bands = {0: "b0", 1: "b1", 2: "b0", 3: "b1", 4: "b0", 5: "b1"}  # matmul 3x2: the B band of each shard
+    acts = s.handle(JobAdded(0.0, "j", "matmul", tuple(range(6)), affinity=bands))
+    assert assigned(acts) == [("j", 0, 0, "p1"), ("j", 1, 0, "p2")]
+    # p2 (band b1) is free first: it skips shard 2 (b0) for shard 3 (b1)
+    assert assigned(ok(s, "j", 1, 0, "p2")) == [("j", 3, 0, "p2")]
+    assert assigned(ok(s, "j", 0, 0, "p1")) == [("j", 2, 0, "p1")]
+    assert assigned(ok(s, "j", 2, 0, "p1")) == [("j", 4, 0, "p1")]
+    assert assigned(ok(s, "j", 3, 0, "p2")) == [("j", 5, 0, "p2")]
+
+
+def test_held_inputs_are_a_preference_not_a_stall():
+    s = make()
+    ready(s, "p1", types=("matmul",)), ready(s, "p2", types=("matmul",))
+    acts = s.handle(JobAdded(0.0, "j", "matmul", (0, 1, 2), affinity={0: "b0", 1: "b1", 2: "b0"}))
+    assert assigned(acts) == [("j", 0, 0, "p1"), ("j", 1, 0, "p2")]
+    assert assigned(ok(s, "j", 1, 0, "p2")) == [("j", 2, 0, "p2")]  # no b1 shard left: it takes a b0 one
+
+
+def test_what_a_provider_holds_is_forgotten_with_the_job():
+    s = make()
+    ready(s, "p1", types=("matmul",))
+    s.handle(JobAdded(0.0, "j", "matmul", (0,), affinity={0: "b0"}))
+    assert s.providers["p1"].holds == {"j": {"b0"}}
+    s.handle(JobCancelled(0.5, "j"))
+    assert s.providers["p1"].holds == {}
+
+
 # -- keys ------------------------------------------------------------------------------
 
 
