@@ -39,6 +39,9 @@ from head_node.scheduler import Scheduler
 
 TICK_SECONDS = 0.05
 SNAPSHOT_SECONDS = 0.5  # how fresh the dashboard's view is
+#: merged shards are journaled (outputs flushed, then one transaction) at least this often; also before
+#: a heartbeat's results are acknowledged, a round ends or a job finishes
+COMMIT_SECONDS = 0.2
 #: counters reported from the start, at 0, so a reader never meets a missing key
 COUNTERS = (
     "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "tasks_accepted", "task_failures",
@@ -80,6 +83,7 @@ class HeadNode:
         self.snapshot: dict[str, Any] = {}
         self._http = None
         self._next_snapshot = 0.0
+        self._next_commit = 0.0
         self.keystore = KeyStore(config.data_dir)
         if not config.insecure and not self.keystore.initialized:
             self.keystore.init(default_advertise(config))
@@ -215,7 +219,9 @@ class HeadNode:
         self.apply(self.sched.handle(Tick(now)))
         self.providers.send_probes()
         self._close_late_rounds(now)
-        self.commit_done()
+        if now >= self._next_commit:
+            self._next_commit = now + COMMIT_SECONDS
+            self.commit_done()
         self.events.flush()
         if self.config.http_port and now >= self._next_snapshot:
             self._next_snapshot = now + SNAPSHOT_SECONDS
