@@ -24,8 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/matmul.py
-	$(BIN)/python bench/train.py
+	$(BIN)/python bench/run.py --readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,30 +1,72 @@
-"""Matmul on a local cluster of 2 providers (1 BLAS thread each) against numpy in the same run.
+"""Matmul on a local cluster of 2 providers (1 BLAS thread each) against numpy and Dask in the same run.
 
-    python bench/matmul.py [--sizes 1024 2048 4096] [--splits 2x1] [--repeat 3]
+    python bench/matmul.py [--sizes 1024 2048 4096] [--splits 2x1] [--repeat 3] [--no-dask]
 
-Prints cluster time, numpy with 1 and 2 BLAS threads, and the ratios; writes bench/results/matmul.json.
+Every method starts from A and B in this process and ends with C here. zcompute: a LocalCluster
+of PROVIDERS providers, ``Client.matmul(a, b, splits)``. numpy: ``a @ b`` with 1 and 2 BLAS threads.
+Dask: a distributed LocalCluster of PROVIDERS worker processes x 1 thread (BLAS limited to 1 thread),
+``(da.from_array(a, row chunks of the same split) @ da.from_array(b)).compute()``, so the arrays travel
+with the graph as zcompute's travel with the job. Prints the times and ratios (ratio_vs_2t above 1:
+slower than numpy with 2 threads; dask_over_cluster above 1: zcompute is faster than Dask);
+writes bench/results/matmul.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import best_of, clean_blas_env, machine, print_table, save  # noqa: E402
+from bench.common import RESULTS, best_of, clean_blas_env, machine, print_table, save  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
-    parser.add_argument("--splits", default="2x1")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--providers", type=int, default=2)
-    args = parser.parse_args()
-    clean_blas_env()
+#: at most this many times numpy with 2 BLAS threads (issue 9, target 1)
+TARGETS = {1024: 1.6, 2048: 1.3, 4096: 1.15}
 
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--splits", default="2x1")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--providers", type=int, default=2)
+    p.add_argument("--no-dask", action="store_true", help="skip the Dask distributed run")
+    return p
+
+
+def dask_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int) -> dict[int, float]:
+    """Median seconds of Dask distributed for each size, with the same row split."""
+    import dask.array as da
+    from dask.distributed import Client, LocalCluster
+
+    rows = int(splits.lower().split("x")[0])
+    cols = int(splits.lower().split("x")[1]) if "x" in splits.lower() else 1
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})  # the workers' BLAS: one thread each, like the providers
+    try:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+                Client(cl) as client:
+            out = {}
+            for n, (a, b) in inputs.items():
+                def run(a=a, b=b, n=n):
+                    da_a = da.from_array(a, chunks=(-(-n // rows), n))
+                    da_b = da.from_array(b, chunks=(n, -(-n // cols)))
+                    return client.compute(da_a @ da_b).result()
+                run()  # warm up
+                out[n] = best_of(run, repeat)
+            return out
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(args: argparse.Namespace) -> list[dict]:
     import numpy as np
     from threadpoolctl import threadpool_limits
 
@@ -32,10 +74,12 @@ def main() -> None:
 
     rows = []
     rng = np.random.default_rng(0)
+    inputs = {}
     with LocalCluster(args.providers, blas_threads=1, insecure=True) as cluster, cluster.client(timeout=120) as c:
         for n in args.sizes:
             a = rng.standard_normal((n, n), dtype=np.float32)
             b = rng.standard_normal((n, n), dtype=np.float32)
+            inputs[n] = (a, b)
             c.matmul(a, b, splits=args.splits).result()  # warm up: page cache, BLAS, sockets
             cluster_s = best_of(lambda: c.matmul(a, b, splits=args.splits).result(), args.repeat)
             numpy_s = {}
@@ -45,13 +89,25 @@ def main() -> None:
                     numpy_s[threads] = best_of(lambda: a @ b, args.repeat)
             rows.append({"n": n, "splits": args.splits, "cluster_s": cluster_s, "numpy_1t_s": numpy_s[1],
                          "numpy_2t_s": numpy_s[2], "ratio_vs_1t": cluster_s / numpy_s[1],
-                         "ratio_vs_2t": cluster_s / numpy_s[2]})
+                         "ratio_vs_2t": cluster_s / numpy_s[2], "target_vs_2t": TARGETS.get(n)})
+    if not args.no_dask:  # after our cluster stopped: the two never share the cores
+        for row, (n, seconds) in zip(rows, dask_times(inputs, args.splits, args.providers, args.repeat).items()):
+            row.update(dask_s=seconds, dask_over_cluster=seconds / row["cluster_s"])
+    save("matmul", {"rows": rows, "args": vars(args), "loadavg_after": os.getloadavg()})
+    return rows
+
+
+def main() -> None:
+    args = parser().parse_args()
+    clean_blas_env()
+    rows = run(args)
     info = machine()
     print(f"cores {info['cores']}, BLAS {info['blas']}, providers {args.providers} x 1 BLAS thread, "
           f"median of {args.repeat}")
     print_table("matmul float32: cluster vs numpy (ratio < 1 means the cluster is faster)", rows,
-                ["n", "splits", "cluster_s", "numpy_1t_s", "numpy_2t_s", "ratio_vs_1t", "ratio_vs_2t"])
-    print(f"\nwrote {save('matmul', {'rows': rows, 'args': vars(args)})}")
+                ["n", "splits", "cluster_s", "numpy_1t_s", "numpy_2t_s", "dask_s", "ratio_vs_2t", "target_vs_2t",
+                 "dask_over_cluster"])
+    print(f"\nwrote {RESULTS / 'matmul.json'}")
 
 
 if __name__ == "__main__":

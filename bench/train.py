@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import clean_blas_env, machine, print_table, save  # noqa: E402
+from bench.common import RESULTS, clean_blas_env, machine, print_table, save  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
@@ -214,15 +214,27 @@ def run_zcompute(client, name: str, cfg: dict[str, Any], samples: int, world: in
 
 # -- main ------------------------------------------------------------------------------------------------
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["digits", "synthetic"])
+    p.add_argument("--epochs", type=int, default=None, help="epochs for every workload (default: digits 20, synthetic 5)")
+    p.add_argument("--workers", type=int, default=2, help="zcompute providers and DDP processes")
+    p.add_argument("--samples", type=int, default=20_000, help="synthetic set size (a fifth is held out)")
+    return p
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["digits", "synthetic"])
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs for every workload (default: digits 20, synthetic 5)")
-    parser.add_argument("--workers", type=int, default=2, help="zcompute providers and DDP processes")
-    parser.add_argument("--samples", type=int, default=20_000, help="synthetic set size (a fifth is held out)")
-    args = parser.parse_args()
+    args = parser().parse_args()
     clean_blas_env()
+    rows = run(args)
+    print_table("training: time per epoch and final test accuracy (vs_* are time ratios: > 1 means slower)", rows,
+                ["workload", "method", "epochs", "s_per_epoch", "first_epoch_s", "train_s", "total_s", "test_acc",
+                 "vs_single", "vs_ddp"])
+    print(f"\nwrote {RESULTS / 'train.json'}")
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train every workload with every method; print the context, save train.json, return the rows."""
     load_before = os.getloadavg()
     for k, v in ONE_THREAD.items():  # before torch loads: this process and the DDP children get one thread
         os.environ.setdefault(k, v)
@@ -266,14 +278,11 @@ def main() -> None:
         z = results[name, "zcompute"]
         print(f"zcompute {name}: {z['rounds']} rounds, {z['round_ms']:.1f} ms a round, "
               f"{z['provider_compute_ms']:.1f} ms of it computing a shard on a provider")
-    print_table("training: time per epoch and final test accuracy (vs_* are time ratios: > 1 means slower)", rows,
-                ["workload", "method", "epochs", "s_per_epoch", "first_epoch_s", "train_s", "total_s", "test_acc",
-                 "vs_single", "vs_ddp"])
     import torch
 
-    payload = {"rows": rows, "args": vars(args), "workloads": configs, "torch": torch.__version__,
-               "loadavg_before": load_before, "loadavg_after": load_after}
-    print(f"\nwrote {save('train', payload)}")
+    save("train", {"rows": rows, "args": vars(args), "workloads": configs, "torch": torch.__version__,
+                   "loadavg_before": load_before, "loadavg_after": load_after})
+    return rows
 
 
 if __name__ == "__main__":
