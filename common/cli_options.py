@@ -21,3 +21,10 @@ insecure = click.option("--insecure", is_flag=True, envvar=env("INSECURE"),
 heartbeat_interval = click.option("--heartbeat-interval", type=click.FloatRange(0.01, 600), default=1.0,
                                   envvar=env("HEARTBEAT_INTERVAL"), show_default=True,
                                   help="Seconds between provider heartbeats.")
+
+
+
+#: the codec's ``auto`` then compresses an array only when the wire time saved beats the time to compress
+link_mbit = click.option("--link-mbit", type=click.FloatRange(0.1, 1e6), default=None, envvar=env("LINK_MBIT"),
+                         help="Speed of the network to the peers in Mbit/s (e.g. 1000). With it, 'auto' compresses "
+                              "an array only where that pays on such a link; without, when a sample shrinks by 30%.")

@@ -84,6 +84,7 @@ class HeadConfig:
     max_queued_jobs_per_client: int = 100
     max_shards_per_job: int = 100_000
     compression: str = "auto"  # raw | zstd | auto
+    link_mbit: float | None = None  # the network's speed, for the codec's auto policy (None: unknown)
 
     def bind_url(self, role: str) -> str:
         return f"tcp://{self.bind_host}:{self.port_base + SOCKET_ROLES.index(role)}"
@@ -103,6 +104,7 @@ class ProviderConfig:
     timing: Timing = field(default_factory=Timing)
     limits: Limits = field(default_factory=Limits)
     compression: str = "auto"
+    link_mbit: float | None = None
 
 
 def env_default(name: str, default: str | None = None) -> str | None:

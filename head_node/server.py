@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import zmq
 
-from common import protocol
+from common import codec, protocol
 from common.config import HeadConfig
 from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
@@ -59,6 +59,8 @@ Handler = Callable[[protocol.Message], protocol.Message | None]
 class HeadNode:
     def __init__(self, config: HeadConfig, task_types: dict[str, TaskType] | None = None):
         self.config = config
+        if config.link_mbit:
+            codec.set_link_speed(config.link_mbit * 1e6)
         self.log = get_logger("head")
         self.epoch = protocol.new_id()[:12]
         self.tasks = task_types if task_types is not None else load_task_types()

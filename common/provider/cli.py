@@ -75,11 +75,12 @@ def make_cli(platform_name: str, default_device: str, on_start=None) -> click.Gr
     @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=default_device,
                   envvar=opt.env("DEVICE"), show_default=True, help="Device to compute on.")
     @opt.heartbeat_interval
+    @opt.link_mbit
     @opt.insecure
     @opt.log_level
     @opt.log_json
-    def start(head, join_text, data_dir, name, slots, blas_threads, device, heartbeat_interval, insecure, log_level,
-              log_json):
+    def start(head, join_text, data_dir, name, slots, blas_threads, device, heartbeat_interval, link_mbit, insecure,
+              log_level, log_json):
         """Join the head node and compute shards until stopped (Ctrl-C or SIGTERM drains first)."""
         setup_logging(log_level, log_json)
         data_dir = data_dir.expanduser()
@@ -93,7 +94,7 @@ def make_cli(platform_name: str, default_device: str, on_start=None) -> click.Gr
                                            "started with --insecure on a trusted network")
         config = ProviderConfig(head=address, join=join, data_dir=data_dir, name=name or (join.name if join else ""),
                                 slots=slots,
-                                blas_threads=blas_threads, device=device, insecure=insecure,
+                                blas_threads=blas_threads, device=device, insecure=insecure, link_mbit=link_mbit,
                                 timing=Timing(heartbeat_interval=heartbeat_interval))
         run_provider(config, on_start)
 

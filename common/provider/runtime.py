@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zmq
 
-from common import __version__, protocol
+from common import __version__, codec, protocol
 from common.config import ProviderConfig
 from common.errors import DecodeError, ZComputeError
 from common.faults import FAULTS
@@ -61,6 +61,8 @@ class Provider:
     def __init__(self, config: ProviderConfig, task_types: dict[str, TaskType] | None = None,
                  devices: list[Device] | None = None, torch=...):
         self.config = config
+        if config.link_mbit:
+            codec.set_link_speed(config.link_mbit * 1e6)
         self.id = load_provider_id(config.data_dir)
         self.name = config.name or f"{platform.node()}-{self.id[:6]}"
         # torch sizes its intra-op pool from this when first imported, in any thread

@@ -146,6 +146,7 @@ straggler-factor = 2.0
 max-queued-jobs = 7
 max-message-mb = 64
 compression = "zstd"
+link-mbit = 100.0
 allow-any-key = true
 advertise = "tcp://head.lab:7000"
 http-port = 0
@@ -171,6 +172,7 @@ def test_every_head_setting_from_the_file(tmp_path, head_started):
     assert (got.max_attempts, got.prefetch, got.speculate, got.speculate_after, got.straggler_factor) == (
         5, 2, False, 0.5, 2.0)
     assert (got.max_queued_jobs_per_client, got.limits.max_message_bytes, got.compression) == (7, 64 << 20, "zstd")
+    assert got.link_mbit == 100.0
     assert (got.allow_any_key, got.http_port, got.http_host, got.insecure) == (True, 0, "0.0.0.0", True)
 
 
@@ -184,6 +186,7 @@ slots = 3
 blas-threads = 2
 device = "cpu"
 heartbeat-interval = 0.5
+link-mbit = 1000.0
 insecure = true
 log-level = "debug"
 log-json = false
@@ -194,6 +197,7 @@ log-json = false
     got = provider_started[-1]
     assert (str(got.head), got.data_dir, got.name, got.slots, got.blas_threads, got.device, got.insecure) == (
         "tcp://head.lab:7000", tmp_path / "prov", "gpu-box", 3, 2, "cpu", True)
+    assert got.link_mbit == 1000.0
 
 
 def test_config_show_toml_round_trips(tmp_path):

@@ -21,9 +21,10 @@ _FLOATS = ["float16", "float32", "float64", "complex64", "complex128"]
                   hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=20)))
 def test_shuffle_round_trip(arr):
     shuffled = codec._shuffle(arr)
-    assert len(shuffled) == arr.nbytes
-    back = np.frombuffer(codec._unshuffle(shuffled, arr.dtype), dtype=arr.dtype).reshape(arr.shape)
-    assert back.tobytes() == arr.tobytes()
+    assert shuffled.dtype == np.uint8 and len(shuffled) == arr.nbytes
+    back = codec._unshuffle(shuffled.tobytes(), arr.dtype)
+    assert back.dtype == arr.dtype
+    assert back.reshape(arr.shape).tobytes() == arr.tobytes()
 
 
 @pytest.mark.parametrize("dtype", _FLOATS)
@@ -31,7 +32,7 @@ def test_shuffle_groups_bytes_by_position(dtype):
     arr = np.arange(1, 5, dtype=dtype)
     item = arr.dtype.itemsize
     raw = arr.tobytes()
-    shuffled = codec._shuffle(arr)
+    shuffled = codec._shuffle(arr).tobytes()
     assert shuffled != raw
     # plane p holds byte p of every element in order
     for p in range(item):
@@ -41,8 +42,8 @@ def test_shuffle_groups_bytes_by_position(dtype):
 @pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool", "int8"])
 def test_shuffle_leaves_non_float_dtypes_alone(dtype):
     arr = np.arange(10).astype(dtype)
-    assert codec._shuffle(arr) == arr.tobytes()
-    assert codec._unshuffle(arr.tobytes(), arr.dtype) == arr.tobytes()
+    assert codec._shuffle(arr).tobytes() == arr.tobytes()
+    assert codec._unshuffle(arr.tobytes(), arr.dtype).tobytes() == arr.tobytes()
 
 
 def test_choose_codec_auto_picks_zstd_for_integer_valued_floats():
@@ -103,10 +104,69 @@ def test_compression_ratio_sanity():
     assert compression_ratio(np.zeros(0)) == 1.0
 
 
-def test_compression_ratio_reads_only_a_sample():
-    # the head of the array is zeros and the rest noise: the ratio reflects the 64 KB sample
-    arr = np.concatenate([np.zeros(codec._SAMPLE_BYTES // 8), np.random.default_rng(4).random(100_000)])
-    assert compression_ratio(arr) < 0.01
+def test_compression_ratio_samples_across_the_array():
+    # a head of zeros must not speak for the noise after it, nor a tail of zeros for the noise before it
+    noise = np.random.default_rng(4).random(1_000_000)
+    zeros = np.zeros(codec._SAMPLE_BYTES // 8)
+    assert compression_ratio(np.concatenate([zeros, noise])) > 0.6
+    assert compression_ratio(np.concatenate([noise, zeros])) > 0.6
+    assert compression_ratio(np.concatenate([zeros, noise[:20_000]])) < 0.9  # mostly zeros: it shows
+
+
+def test_sample_is_bounded_and_spread():
+    arr = np.arange(10_000_000, dtype=np.float64)
+    sample = codec._sample(arr)
+    assert sample.nbytes <= codec._SAMPLE_BYTES
+    assert sample[0] == 0 and sample[-1] == arr[-1]  # from the first element to the last
+    mid = np.arange(40_000, dtype=np.float64)  # 320 KB: an eighth of it
+    assert codec._sample(mid).nbytes == mid.nbytes // 8
+    small = np.arange(100, dtype=np.float32)
+    np.testing.assert_array_equal(codec._sample(small), small)
+
+
+@pytest.fixture
+def link_speed():
+    yield codec.set_link_speed
+    codec.set_link_speed(None)
+
+
+def test_auto_with_a_known_link_compresses_only_where_it_pays(link_speed):
+    noise = np.random.default_rng(5).standard_normal(200_000).astype(np.float32)  # shrinks to ~0.85
+    ints = (np.arange(200_000) % 251).astype(np.float32)
+    assert choose_codec(noise, "auto") == "raw"  # unknown link: the ratio threshold decides
+    link_speed(1e3)  # 1 kbit/s: any saving pays for the codec's time
+    assert choose_codec(noise, "auto") == "zstd"
+    assert choose_codec(ints, "auto") == "zstd"
+    assert choose_codec(np.zeros(100), "auto") == "raw"  # too small to bother
+    link_speed(1e15)  # far faster than zstd: the wire time saved never pays for it
+    assert choose_codec(ints, "auto") == "raw"
+    assert choose_codec(np.zeros(100_000), "auto") == "raw"
+    assert choose_codec(ints, "zstd") == "zstd"  # forced codecs stay forced
+    with pytest.raises(ValueError):
+        link_speed(0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(st.sampled_from(_FLOATS + ["int16", "bool"]).map(np.dtype),
+                  hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=40)))
+def test_zstd_round_trip_across_block_boundaries(arr):
+    block = codec._BLOCK
+    codec._BLOCK = 7  # blocks end inside the array, and not on an element count's multiple
+    try:
+        meta, (frame,) = encode_array("a", arr, "zstd")
+        _, back = decode_array(meta, frame)
+    finally:
+        codec._BLOCK = block
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    assert back.tobytes() == arr.tobytes()
+
+
+def test_zstd_frame_expanding_past_its_declared_size_is_refused():
+    frame = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(bytes(64 * 1024))
+    assert frame[4] == 0x60  # single segment, 2-byte content size: rewrite as a 1-byte size of 16
+    lying = frame[:4] + bytes([0x20, 16]) + frame[7:]
+    with pytest.raises(DecodeError, match="zstd frame does not decompress"):
+        decode_array({"name": "a", "dtype": "<f4", "shape": [4], "codec": "zstd", "nbytes": 16}, lying)
 
 
 def test_decode_array_raw_is_a_read_only_view_of_bytes():
@@ -129,6 +189,20 @@ def test_large_raw_arrays_travel_in_1mib_frames_and_reassemble():
         decode_array({**meta, "codec": "zstd"}, [bytes(p) for p in payloads])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_raw_arrays_are_assembled_by_several_threads(monkeypatch, threads):
+    monkeypatch.setattr(codec, "_PARALLEL_COPY_BYTES", 1 << 20)
+    monkeypatch.setattr(codec, "_COPY_THREADS", threads)
+    arr = np.random.default_rng(6).random((1000, 700))  # 5.6 MB: six frames, split unevenly between threads
+    meta, payloads = encode_array("a", arr, "raw")
+    assert meta["frames"] == 6
+    _, back = decode_array(meta, [bytes(p) for p in payloads])
+    np.testing.assert_array_equal(back, arr)
+    frames = [bytes(p) for p in payloads]
+    _, back = decode_array({**meta, "frames": 7}, frames[:3] + [frames[3][:5], frames[3][5:]] + frames[4:])
+    np.testing.assert_array_equal(back, arr)
+
+
 def test_check_array_meta_returns_typed_fields():
     name, dt, shape, kind, nbytes = check_array_meta(
         {"name": "a", "dtype": "<c16", "shape": [2, 0, 3], "codec": "zstd", "nbytes": 0})
@@ -147,3 +221,60 @@ def test_allowed_dtypes_are_little_endian_numeric_and_bool():
     assert kinds == {"b", "i", "u", "f", "c"}
     assert all(np.dtype(s).byteorder in "<|=" for s in codec.ALLOWED_DTYPES)
     assert len(codec.ALLOWED_DTYPES) == 14
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    monkeypatch.setattr(codec, "_POOL_MIN_BYTES", 1024)
+    monkeypatch.setattr(codec, "_POOL_MAX_BYTES", 8192)
+    pool = codec._BufferPool()
+    monkeypatch.setattr(codec, "_POOL", pool)
+    return pool
+
+
+def test_pool_reuses_a_buffer_only_once_nothing_refers_to_it(pool):
+    a = pool.take(2000)
+    address = a.__array_interface__["data"][0]
+    view = a.view(np.int16).reshape(10, 100)[2:]  # any array made from it keeps it busy
+    del a
+    b = pool.take(2000)
+    assert b.__array_interface__["data"][0] != address
+    del view, b
+    c = pool.take(1900)  # fits in a free buffer up to 1/8 larger
+    assert c.__array_interface__["data"][0] in {pool._buffers[0].__array_interface__["data"][0],
+                                                pool._buffers[1].__array_interface__["data"][0]}
+    assert len(c) == 1900 and len(pool._buffers) == 2
+    assert len(pool.take(100)) == 100 and len(pool._buffers) == 2  # small: not pooled
+
+
+def test_pool_keeps_free_buffers_within_its_budget(pool):
+    held = [pool.take(3000) for _ in range(4)]  # 12 KB in use: in use is never dropped
+    assert len(pool._buffers) == 4
+    del held
+    pool.take(3000)  # one of the free ones again
+    assert len(pool._buffers) == 4
+    pool.take(6000)  # a new size: free buffers trimmed to 8192 - 6000 bytes first
+    assert sum(len(b) for b in pool._buffers) <= 3000 + 6000 + 3000
+    codec.release_buffers()
+
+
+def test_decoded_arrays_survive_later_decodes(pool):
+    arrays = [np.full(700, i, np.float32) for i in range(3)]  # 2.8 KB: pooled here
+    decoded = []
+    for arr in arrays:
+        for policy in ("raw", "zstd"):
+            meta, payloads = encode_array("a", arr, policy)
+            if policy == "raw":
+                payloads = [bytes(p) for p in payloads] + [b""]  # two frames: assembled in a pooled buffer
+                meta = {**meta, "frames": 2}
+            decoded.append(decode_array(meta, payloads if policy == "raw" else payloads[0])[1])
+    for i, back in enumerate(decoded):
+        np.testing.assert_array_equal(back, arrays[i // 2])
+
+
+
+@pytest.mark.parametrize("speed", [0, -1.0, float("nan")])
+def test_a_link_speed_must_be_positive(speed):
+    with pytest.raises(ValueError, match="link speed"):
+        codec.set_link_speed(speed)
+    assert codec._LINK["bits_per_s"] is None
