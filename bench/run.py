@@ -87,6 +87,20 @@ def memory_targets(rows: list[Row]) -> list[Row]:
     return out
 
 
+def scale_targets(rows: list[Row]) -> list[Row]:
+    """Rows of bench/scale.py that carry a target (metric, target, measured, unit, ok); the rest beside."""
+    figures = {r["metric"]: r for r in rows}
+    out = []
+    for r in rows:
+        if r.get("target") and r.get("ok"):
+            out.append(_target(f"scale: {r['metric']}" + (f" ({r['unit']})" if r.get("unit") else ""),
+                               float(r["measured"]), r["target"], r["ok"] == "yes"))
+    info = [m for m in ("head RSS per provider", "head CPU per provider, idle", "shards per second") if m in figures]
+    if out and info:
+        out[-1]["reference"] = "; ".join(f"{m} {figures[m]['measured']:.3g} {figures[m]['unit']}" for m in info)
+    return out
+
+
 def train_targets(rows: list[Row]) -> list[Row]:
     out = []
     for r in rows:
@@ -102,7 +116,7 @@ BENCHES: dict[str, tuple[Callable[[list[Row]], list[Row]], list[str]]] = {
     "tiny": (tiny_targets, ["--shards", "5000", "--repeat", "1"]),
     "dataplane": (generic_targets, ["--quick"]),
     "memory": (memory_targets, ["--n", "4096", "--splits", "2x1"]),
-    "scale": (generic_targets, ["--quick"]),
+    "scale": (scale_targets, ["--providers", "200", "--duration", "30"]),
     "train": (train_targets, ["--workloads", "digits", "--epochs", "3"]),
 }
 DEFAULT = ["matmul", "tiny", "dataplane", "memory", "scale"]

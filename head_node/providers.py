@@ -111,15 +111,20 @@ class ProviderChannel:
         info.last_seen, info.free_slots, info.load, info.memory_used, info.computed = (
             time.time(), msg.free_slots, msg.load, msg.memory_used, msg.computed)
         sched = self.head.sched
+        held = sched.running(msg.provider_id)
         if info.state in ("ready", "draining"):
             if msg.draining and info.state != "draining":
                 info.state = "draining"
                 self.log.info("provider.draining", provider_id=msg.provider_id, name=info.name)
                 sched.handle(ProviderDraining(time.monotonic(), msg.provider_id))
-            self.head.apply(sched.handle(ProviderSeen(time.monotonic(), msg.provider_id, frozenset(msg.running))))
+            # a leased task in the outbox was taken too (and finished): it must not be re-published while
+            # its result waits in our queue, or a loaded head answers its backlog with more work
+            taken = frozenset(msg.running).union(k for k in msg.outbox if k in held)
+            self.head.apply(sched.handle(ProviderSeen(time.monotonic(), msg.provider_id, taken)))
+            if any(k not in held for k in msg.running):
+                held = sched.running(msg.provider_id)  # it may have adopted some (after a head restart)
         if msg.outbox:
             self.head.commit_done()  # acknowledge only results that are journaled
-        held = sched.running(msg.provider_id)
         # a joining provider's work may still be adopted once it is ready: cancel nothing yet
         cancel = [k for k in msg.running if k not in held] if info.state != "joining" else []
         acked = [k for k in msg.outbox if self._settled(k)]

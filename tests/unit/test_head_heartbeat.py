@@ -1,0 +1,59 @@
+"""The head's heartbeat handling (``head_node.providers``) on a head without sockets: messages in, replies out."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from common import protocol
+from common.config import HeadConfig
+from head_node.auth import INSECURE
+from head_node.events import Republish, Tick
+from head_node.server import HeadNode
+
+
+@pytest.fixture
+def head(tmp_path):
+    node = HeadNode(HeadConfig(data_dir=tmp_path, insecure=True, http_port=0))
+    node.published = []
+    node.publish = lambda provider_id, msg: node.published.append((provider_id, msg))  # no task socket
+    yield node
+    node.close()
+
+
+def ready_provider(head: HeadNode) -> str:
+    pid = uuid.uuid4().hex
+    channel = head.providers
+    channel._on_register(protocol.Register(
+        provider_id=pid, name="p", platform="linux", devices=[{"kind": "cpu", "name": "cpu", "memory_bytes": 0}],
+        memory_bytes=0, cores=1, slots=1, gflops=1.0, torch=False, task_types=["noop"], version="test"), INSECURE)
+    channel._on_probe_ack(protocol.ProbeAck(provider_id=pid, probe_id=channel.registry[pid].probe_id), INSECURE)
+    return pid
+
+
+def heartbeat(head: HeadNode, pid: str, running=(), outbox=()) -> protocol.HeartbeatReply:
+    return head.providers._on_heartbeat(protocol.Heartbeat(
+        provider_id=pid, epoch=head.epoch, running=list(running), outbox=list(outbox), free_slots=0), INSECURE)
+
+
+def test_a_task_in_the_heartbeat_outbox_is_not_republished(head):
+    pid = ready_provider(head)
+    head.api.handlers[protocol.MsgType.SUBMIT](protocol.Submit(task_type="noop", params={"shards": 1}), INSECURE)
+    (_, task), = [(p, m) for p, m in head.published if isinstance(m, protocol.Task)]
+    key = f"{task.task_id}#{task.attempt}"
+    # the provider finished it (its result is still queued at the head) and says so in a heartbeat
+    reply = heartbeat(head, pid, outbox=[key])
+    assert reply.known and reply.acked == []  # not merged yet: the provider keeps it
+    later = time.monotonic() + 2 * head.config.timing.ack_timeout  # past the ack deadline, not dead yet
+    assert not [a for a in head.sched.handle(Tick(later)) if isinstance(a, Republish)]
+
+
+def test_a_task_never_taken_is_republished(head):
+    pid = ready_provider(head)
+    head.api.handlers[protocol.MsgType.SUBMIT](protocol.Submit(task_type="noop", params={"shards": 1}), INSECURE)
+    heartbeat(head, pid)  # alive, but the task message was lost on its way
+    later = time.monotonic() + 2 * head.config.timing.ack_timeout
+    republished = [a for a in head.sched.handle(Tick(later)) if isinstance(a, Republish)]
+    assert [(a.provider_id, a.reason) for a in republished] == [(pid, "no_ack")]
