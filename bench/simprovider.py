@@ -12,10 +12,11 @@ three silent intervals. What it pushes goes through ``common.sockets.Outbox``, f
 pass, so several small messages travel as one batch as the runtime's do.
 
 No threads: one loop serves every provider of the process, waiting on the sockets' ZMQ_FD in epoll
-(a ``zmq.Poller`` over a thousand sockets costs more per wake than the work it finds). The parent steers it
-over a pipe (``("phase", name)``, ``("stop",)``) and gets its figures back at the end: heartbeat
-round trips per phase (from the send to the moment the poll saw the reply), timeouts, "unknown"
-replies (the head had forgotten or buried the provider), shards answered, and the loop's own lag.
+(a ``zmq.Poller`` over a thousand sockets costs more per wake than the work it finds). The bench steers
+each process over a pipe (``Simulators``: phase names, stop) and gets its figures back at the end:
+heartbeat round trips per phase (from the send to the moment the loop saw the reply), timeouts,
+"unknown" replies (the head had forgotten or buried the provider), shards answered, and the loop's own
+lag (how late it sent a beat that was due).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class SimProvider:
             self.hb = self.fleet.socket(zmq.REQ, self, "hb", url=self.fleet.head.url("heartbeat"))
         msg = protocol.Heartbeat(provider_id=self.id, epoch=self.epoch, running=sorted(self.running),
                                  outbox=sorted(self.outbox), free_slots=0 if self.running else 1,
-                                 load=self.fleet.load, memory_used=self.fleet.rss, computed=self.computed)
+                                 load=self.fleet.load, computed=self.computed)
         send(self.hb, msg)
         self.hb_sent = time.monotonic()
         self.fleet.check.add(self.hb)
@@ -238,7 +239,7 @@ class Fleet:
         self.per_phase: dict[str, Counter] = {}
         self.stats: Counter[str] = Counter()
         self.register_s = array("d")
-        self.load, self.rss = 0.0, 0
+        self.load = 0.0
         self.providers: list[SimProvider] = []
         self.dirty: set[SimProvider] = set()  # providers holding messages to push at the end of this pass
 
