@@ -372,10 +372,10 @@ def batch(msgs: list[Message]) -> Batch:
     return Batch(items=items, arrays=arrays, token=msgs[0].token if msgs else None)
 
 
-def unbatch(msg: Batch, limits: Limits = DEFAULT_LIMITS) -> list[Message]:
+def unbatch(msg: Batch) -> list[Message]:
     """The messages in ``msg``, each checked as ``decode`` checks a message; raises ``DecodeError``
     for the whole batch if any item is bad, so a receiver applies all of it or none."""
-    if len(msg.items) > max(BATCH_MAX_ITEMS, limits.max_arrays):
+    if len(msg.items) > BATCH_MAX_ITEMS:
         raise DecodeError(f"batch of {len(msg.items)} messages is over the limit of {BATCH_MAX_ITEMS}")
     per_item: dict[int, dict[str, np.ndarray]] = {}
     for key, arr in msg.arrays.items():

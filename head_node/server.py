@@ -305,7 +305,7 @@ class HeadNode:
             frames = None  # a large result is not held twice while it is merged
             msgs = [msg]
             if msg.type is MsgType.BATCH:
-                msgs = protocol.unbatch(msg, self.config.limits)
+                msgs = protocol.unbatch(msg)
                 self.counters["batches_received"] += 1
             handlers = self.providers.result_handlers
             for m in msgs:  # a batch is taken whole or not at all

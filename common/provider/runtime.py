@@ -231,7 +231,7 @@ class Provider:
                 continue  # SUB matches by prefix: not ours
             try:
                 msg = protocol.decode(frames, topic=True, limits=self.config.limits)
-                msgs = protocol.unbatch(msg, self.config.limits) if msg.type is MsgType.BATCH else [msg]
+                msgs = protocol.unbatch(msg) if msg.type is MsgType.BATCH else [msg]
             except DecodeError as e:
                 log.warning("message.rejected", provider_id=self.id, error=str(e))
                 continue
