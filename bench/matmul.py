@@ -3,7 +3,9 @@
     python bench/matmul.py [--sizes 1024 2048 4096] [--splits 2x1] [--repeat 3] [--no-dask]
 
 Every method starts from A and B in this process and ends with C here. zcompute: a LocalCluster
-of PROVIDERS providers, ``Client.matmul(a, b, splits)``. numpy: ``a @ b`` with 1 and 2 BLAS threads.
+of PROVIDERS providers, ``Client.matmul(a, b, splits)``: ``cluster_s`` as a user gets it (client and
+providers on the head's machine use its files in place, PROTOCOL.md 6.9), ``wire_s`` with the head
+started ``--no-local-data``, so every array crosses tcp loopback as it would cross a network. numpy: ``a @ b`` with 1 and 2 BLAS threads.
 Dask: a distributed LocalCluster of PROVIDERS worker processes x 1 thread (BLAS limited to 1 thread),
 ``(da.from_array(a, row chunks of the same split) @ da.from_array(b)).compute()``, so the arrays travel
 with the graph as zcompute's travel with the job. Prints the times and ratios (ratio_vs_2t above 1:
@@ -74,25 +76,34 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     rows = []
     rng = np.random.default_rng(0)
-    inputs = {}
-    with LocalCluster(args.providers, blas_threads=1, insecure=True) as cluster, cluster.client(timeout=120) as c:
-        for n in args.sizes:
-            a = rng.standard_normal((n, n), dtype=np.float32)
-            b = rng.standard_normal((n, n), dtype=np.float32)
-            inputs[n] = (a, b)
-            c.matmul(a, b, splits=args.splits).result()  # warm up: page cache, BLAS, sockets
-            cluster_s = best_of(lambda: c.matmul(a, b, splits=args.splits).result(), args.repeat)
-            numpy_s = {}
-            for threads in (1, 2):
-                with threadpool_limits(limits=threads):
-                    a @ b
-                    numpy_s[threads] = best_of(lambda: a @ b, args.repeat)
-            rows.append({"n": n, "splits": args.splits, "cluster_s": cluster_s, "numpy_1t_s": numpy_s[1],
-                         "numpy_2t_s": numpy_s[2], "ratio_vs_1t": cluster_s / numpy_s[1],
-                         "ratio_vs_2t": cluster_s / numpy_s[2], "target_vs_2t": TARGETS.get(n)})
+    inputs = {n: (rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32))
+              for n in args.sizes}
+
+    def cluster_times(head_args: list[str]) -> dict[int, float]:
+        with LocalCluster(args.providers, blas_threads=1, insecure=True, head_args=head_args) as cluster, \
+                cluster.client(timeout=120) as c:
+            out = {}
+            for n, (a, b) in inputs.items():
+                c.matmul(a, b, splits=args.splits).result()  # warm up: page cache, BLAS, sockets
+                out[n] = best_of(lambda: c.matmul(a, b, splits=args.splits).result(), args.repeat)
+            return out
+
+    cluster, wire = cluster_times([]), cluster_times(["--no-local-data"])
+    for n, (a, b) in inputs.items():
+        cluster_s = cluster[n]
+        numpy_s = {}
+        for threads in (1, 2):
+            with threadpool_limits(limits=threads):
+                a @ b
+                numpy_s[threads] = best_of(lambda: a @ b, args.repeat)
+        rows.append({"n": n, "splits": args.splits, "cluster_s": cluster_s, "wire_s": wire[n],
+                     "numpy_1t_s": numpy_s[1], "numpy_2t_s": numpy_s[2], "ratio_vs_1t": cluster_s / numpy_s[1],
+                     "ratio_vs_2t": cluster_s / numpy_s[2], "wire_vs_2t": wire[n] / numpy_s[2],
+                     "target_vs_2t": TARGETS.get(n)})
     if not args.no_dask:  # after our cluster stopped: the two never share the cores
         for row, (n, seconds) in zip(rows, dask_times(inputs, args.splits, args.providers, args.repeat).items()):
-            row.update(dask_s=seconds, dask_over_cluster=seconds / row["cluster_s"])
+            row.update(dask_s=seconds, dask_over_cluster=seconds / row["cluster_s"],
+                       dask_over_wire=seconds / row["wire_s"])
     save("matmul", {"rows": rows, "args": vars(args), "loadavg_after": os.getloadavg()})
     return rows
 
@@ -105,8 +116,8 @@ def main() -> None:
     print(f"cores {info['cores']}, BLAS {info['blas']}, providers {args.providers} x 1 BLAS thread, "
           f"median of {args.repeat}")
     print_table("matmul float32: cluster vs numpy (ratio < 1 means the cluster is faster)", rows,
-                ["n", "splits", "cluster_s", "numpy_1t_s", "numpy_2t_s", "dask_s", "ratio_vs_2t", "target_vs_2t",
-                 "dask_over_cluster"])
+                ["n", "splits", "cluster_s", "wire_s", "numpy_1t_s", "numpy_2t_s", "dask_s", "ratio_vs_2t",
+                 "target_vs_2t", "wire_vs_2t", "dask_over_cluster", "dask_over_wire"])
     print(f"\nwrote {RESULTS / 'matmul.json'}")
 
 

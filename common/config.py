@@ -85,6 +85,7 @@ class HeadConfig:
     max_shards_per_job: int = 100_000
     compression: str = "auto"  # raw | zstd | auto
     link_mbit: float | None = None  # the network's speed, for the codec's auto policy (None: unknown)
+    local_data: bool = True  # peers on this machine read and write job files in place (common/localdata.py)
 
     def bind_url(self, role: str) -> str:
         return f"tcp://{self.bind_host}:{self.port_base + SOCKET_ROLES.index(role)}"

@@ -127,6 +127,8 @@ class Registered(Message):
     provider_id: str
     epoch: str
     heartbeat_interval: float
+    local_dir: str = ""  # the head's data directory, for a provider on its machine (common/localdata.py)
+    local_check: str = ""  # hash of the head's probe token: a provider that reads the same one is local
 
 
 @dataclass(kw_only=True)
@@ -215,6 +217,7 @@ class Result(Message):
     attempt: int
     elapsed: float
     meta: dict = field(default_factory=dict)
+    written: list[str] = field(default_factory=list)  # outputs written in place into the head's files
 
 
 @dataclass(kw_only=True)
@@ -233,6 +236,7 @@ class ProbeAck(Message):
     type = MsgType.PROBE_ACK
     provider_id: str
     probe_id: str
+    local_proof: str = ""  # made from the head's probe file: this provider can read the head's job files
 
 
 # -- client API ---------------------------------------------------------------
@@ -244,6 +248,7 @@ class Submit(Message):
     task_type: str
     params: dict
     priority: int = 0
+    local_arrays: dict = field(default_factory=dict)  # name -> file the client wrote in the head's uploads
 
 
 @dataclass(kw_only=True)
@@ -256,6 +261,7 @@ class Submitted(Message):
 class Status(Message):
     type = MsgType.STATUS
     job_id: str
+    wait: float = 0.0  # seconds the head may hold the reply while the job runs (long poll; it caps this)
 
 
 @dataclass(kw_only=True)
@@ -268,6 +274,7 @@ class JobStatus(Message):
 class Fetch(Message):
     type = MsgType.FETCH
     job_id: str
+    local: bool = False  # a client on the head's machine: name the output files instead of sending them
 
 
 @dataclass(kw_only=True)
@@ -275,6 +282,7 @@ class JobResult(Message):
     type = MsgType.JOB_RESULT
     job: dict
     meta: dict = field(default_factory=dict)
+    local_arrays: dict = field(default_factory=dict)  # name -> reference into the head's files (Fetch.local)
 
 
 @dataclass(kw_only=True)
@@ -316,6 +324,8 @@ class StatsReply(Message):
     type = MsgType.STATS_REPLY
     epoch: str
     counters: dict  # event name -> count since this head started
+    local_dir: str = ""  # as in ``registered``: for a client on the head's machine
+    local_check: str = ""
 
 
 @dataclass(kw_only=True)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common import protocol
+import numpy as np
+
+from common import localdata, protocol
 from common.errors import QueueFullError, UnknownJobError, ValidationError
 from common.protocol import MsgType
 from head_node.events import JobAdded, JobCancelled
@@ -19,6 +23,26 @@ if TYPE_CHECKING:
 
 _REMEMBERED_REPLIES = 4096
 MAX_EVENTS_PER_REPLY = 500  # keeps an event_list reply's header well under the 256 KiB header limit
+MAX_STATUS_WAIT = 10.0  # a held status request is answered within this, its job finished or not
+
+
+@dataclass(frozen=True)
+class Held:
+    """A handler's answer meaning "reply later": the status of ``job_id`` once it ends or at ``deadline``."""
+
+    job_id: str
+    deadline: float
+
+
+def _open_uploads(uploads: dict[str, Path]) -> dict[str, np.ndarray]:
+    """The uploaded arrays, memory-mapped for validation (nothing is read but the header)."""
+    arrays = {}
+    for name, path in uploads.items():
+        try:
+            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValidationError(f"uploaded array {name!r} is not a readable .npy file: {e}") from None
+    return arrays
 
 
 class ClientApi:
@@ -26,6 +50,7 @@ class ClientApi:
         self.head = head
         self.log = head.log
         self._replies: OrderedDict[str, protocol.Message] = OrderedDict()
+        self._held: dict[str, list[tuple[float, list, str]]] = {}  # job -> (deadline, envelope, request id)
         self.handlers = {
             MsgType.SUBMIT: self._idempotent(self._on_submit),
             MsgType.STATUS: self._on_status,
@@ -59,11 +84,38 @@ class ClientApi:
     # -- handlers ----------------------------------------------------------------
 
     def _on_submit(self, msg: protocol.Submit, principal: "Principal") -> protocol.Message:
-        head = self.head
         request_key = f"{principal.name}:{msg.id}"
-        earlier = head.journal.job_for_request(request_key)
+        earlier = self.head.journal.job_for_request(request_key)
         if earlier is not None:  # resent after a head restart: the job was accepted already
             return protocol.Submitted(job_id=earlier)
+        uploads = self._uploads(msg)
+        try:
+            return self._submit(msg, principal, uploads, request_key)
+        finally:  # taken as the job's inputs, or refused: either way no longer the client's
+            for path in uploads.values():
+                path.unlink(missing_ok=True)
+
+    def _uploads(self, msg: protocol.Submit) -> dict[str, Path]:
+        """The files a client on this machine wrote instead of sending the arrays (common/localdata.py)."""
+        if not msg.local_arrays:
+            return {}
+        root = self.head.config.data_dir
+        if not self.head.config.local_data:
+            raise ValidationError("this head takes no arrays by file (started with --no-local-data)")
+        both = set(msg.local_arrays) & set(msg.arrays)
+        if both:
+            raise ValidationError(f"arrays {sorted(both)} were both sent and named as files")
+        try:
+            return {name: localdata.upload_path(root, file) for name, file in msg.local_arrays.items()}
+        except ValueError as e:
+            for file in msg.local_arrays.values():  # what did arrive is not kept
+                if isinstance(file, str) and localdata.UPLOAD_NAME.match(file):
+                    (root / localdata.UPLOADS / file).unlink(missing_ok=True)
+            raise ValidationError(str(e)) from None
+
+    def _submit(self, msg: protocol.Submit, principal: "Principal", uploads: dict[str, Path],
+                request_key: str) -> protocol.Message:
+        head = self.head
         task = head.tasks.get(msg.task_type)
         if task is None:
             raise ValidationError(f"unknown task type {msg.task_type!r}; this head knows {sorted(head.tasks)}")
@@ -72,10 +124,10 @@ class ClientApi:
         if waiting >= head.config.max_queued_jobs_per_client:
             raise QueueFullError(f"queue full: {waiting} unfinished jobs (limit "
                                  f"{head.config.max_queued_jobs_per_client}); wait for some to finish")
-        bad = [name for name in msg.arrays if not SAFE_ARRAY_NAME.match(name)]
+        bad = [name for name in [*msg.arrays, *uploads] if not SAFE_ARRAY_NAME.match(name)]
         if bad:
             raise ValidationError(f"array names must be letters, digits, '_' or '-' (1-64 characters): {bad}")
-        params = task.validate(msg.params, msg.arrays)
+        params = task.validate(msg.params, {**msg.arrays, **_open_uploads(uploads)})
         count = task.shard_count(params)
         if count is not None and count > head.config.max_shards_per_job:
             raise ValidationError(f"{count} shards exceeds the limit of {head.config.max_shards_per_job}")
@@ -88,6 +140,8 @@ class ClientApi:
                   files=files, priority=msg.priority)
         try:
             files.save_inputs(msg.arrays)
+            files.adopt_inputs(uploads)
+            head.counters["local_uploads"] += len(uploads)
             # the inputs are on disk: free the decoded upload before the first shards go out from the
             # memory-mapped files, so the head never holds the upload and the mapped inputs at once
             msg.arrays.clear()
@@ -114,14 +168,44 @@ class ClientApi:
                                               priority=msg.priority, affinity=job.affinity(indices))))
         return protocol.Submitted(job_id=job_id)
 
-    def _on_status(self, msg: protocol.Status, principal: "Principal") -> protocol.Message:
-        return protocol.JobStatus(job=self._job(msg.job_id, principal).summary())
+    def _on_status(self, msg: protocol.Status, principal: "Principal") -> protocol.Message | Held:
+        job = self._job(msg.job_id, principal)
+        if msg.wait > 0 and not job.finished:  # long poll: the reply leaves when the job ends
+            return Held(job.job_id, time.monotonic() + min(msg.wait, MAX_STATUS_WAIT))
+        return protocol.JobStatus(job=job.summary())
+
+    # -- held status requests ------------------------------------------------------
+
+    def hold(self, held: Held, envelope: list, request_id: str) -> None:
+        self._held.setdefault(held.job_id, []).append((held.deadline, envelope, request_id))
+
+    def due(self, now: float, finished: str | None = None) -> list[tuple[list, protocol.Message]]:
+        """Replies for held requests whose job is ``finished`` or whose wait ran out: (envelope, reply)."""
+        out = []
+        for job_id in [finished] if finished is not None else list(self._held):
+            keep, answer = [], []
+            for w in self._held.pop(job_id, []):
+                (keep if job_id != finished and w[0] > now else answer).append(w)
+            if keep:
+                self._held[job_id] = keep
+            job = self.head.jobs.get(job_id)
+            for _, envelope, request_id in answer:
+                reply = (protocol.JobStatus(job=job.summary()) if job is not None
+                         else protocol.Error(code="unknown_job", message=f"no job {job_id!r}"))
+                reply.id = request_id
+                out.append((envelope, reply))
+        return out
 
     def _on_fetch(self, msg: protocol.Fetch, principal: "Principal") -> protocol.Message:
         job = self._job(msg.job_id, principal)
         arrays = job.task.outputs(job) if job.status == "succeeded" else {}
-        reply = protocol.JobResult(job=job.summary(), meta=dict(job.state), arrays=arrays)
-        return reply
+        local = job.files.locate(arrays) if msg.local and self.head.config.local_data else {}
+        local = {name: ref for name, ref in local.items() if ref["shape"] == list(arrays[name].shape)}
+        if local:  # whole output files: the client on this machine maps them
+            job.files.flush()
+            self.head.counters["local_fetches"] += len(local)
+        arrays = {name: arr for name, arr in arrays.items() if name not in local}
+        return protocol.JobResult(job=job.summary(), meta=dict(job.state), arrays=arrays, local_arrays=local)
 
     def _on_cancel(self, msg: protocol.CancelJob, principal: "Principal") -> protocol.Message:
         job = self._job(msg.job_id, principal)
@@ -141,7 +225,7 @@ class ClientApi:
     def _on_stats(self, msg: protocol.Stats, principal: "Principal") -> protocol.Message:
         counters = self.head.all_counters()  # not state(): that also summarizes every job
         counters["zap_denied"] = self.head.auth.zap_denied
-        return protocol.StatsReply(epoch=self.head.epoch, counters=counters)
+        return protocol.StatsReply(epoch=self.head.epoch, counters=counters, **self.head.local_offer())
 
     def _on_events(self, msg: protocol.Events, principal: "Principal") -> protocol.Message:
         job = self._job(msg.job_id, principal)

@@ -66,13 +66,16 @@ def cli() -> None:
               show_default=True, help="Dashboard, /metrics and /api/state (0 turns the HTTP server off).")
 @click.option("--http-host", default="127.0.0.1", envvar=opt.env("HTTP_HOST"), show_default=True,
               help="Interface for the HTTP server; other than localhost it asks for an admin or viewer token.")
+@click.option("--local-data/--no-local-data", default=True, envvar=opt.env("LOCAL_DATA"), show_default=True,
+              help="Let providers and clients on this machine read and write job arrays in the data directory "
+                   "in place, instead of sending them over the socket.")
 @opt.link_mbit
 @opt.insecure
 @opt.log_level
 @opt.log_json
 def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_after, ack_timeout, max_attempts,
           prefetch, speculate, speculate_after, straggler_factor, max_queued_jobs, max_message_mb, compression, allow_any_key,
-          advertise, http_port, http_host, link_mbit, insecure, log_level, log_json):
+          advertise, http_port, http_host, local_data, link_mbit, insecure, log_level, log_json):
     """Serve until stopped (Ctrl-C or SIGTERM closes cleanly)."""
     from head_node.server import HeadNode
 
@@ -84,7 +87,7 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
         limits=Limits(max_message_bytes=max_message_mb * 1024 * 1024), max_attempts=max_attempts,
         prefetch=prefetch, speculate=speculate, speculate_after=speculate_after, straggler_factor=straggler_factor,
         max_queued_jobs_per_client=max_queued_jobs, compression=compression, allow_any_key=allow_any_key,
-        advertise=advertise, http_port=http_port, http_host=http_host, link_mbit=link_mbit,
+        advertise=advertise, http_port=http_port, http_host=http_host, link_mbit=link_mbit, local_data=local_data,
     )
     head = HeadNode(config)
     try:

@@ -64,7 +64,8 @@ class ProviderChannel:
                       slots=msg.slots, devices=[d.get("kind") for d in msg.devices], gflops=round(msg.gflops, 1))
         # ready only once a probe on its topic comes back: its subscription is live
         return protocol.Registered(provider_id=msg.provider_id, epoch=self.head.epoch,
-                                   heartbeat_interval=self.head.config.timing.heartbeat_interval)
+                                   heartbeat_interval=self.head.config.timing.heartbeat_interval,
+                                   **self.head.local_offer())
 
     def _on_deregister(self, msg: protocol.Deregister, principal: "Principal") -> protocol.Message:
         info = self._owned(msg.provider_id, principal)
@@ -90,7 +91,8 @@ class ProviderChannel:
         if info is None or info.state != "joining" or msg.probe_id != info.probe_id:
             return
         info.state, info.last_seen = "ready", time.time()
-        self.log.info("provider.ready", provider_id=info.provider_id, name=info.name)
+        info.local = self.head.is_local_proof(msg.local_proof)
+        self.log.info("provider.ready", provider_id=info.provider_id, name=info.name, local=info.local)
         self.head.apply(self.head.sched.handle(
             ProviderReady(time.monotonic(), info.provider_id, info.slots, tuple(info.task_types))))
 
@@ -188,6 +190,12 @@ class ProviderChannel:
         self.head.apply(self.head.sched.handle(event), result=msg)
 
     def _on_failure(self, msg: protocol.Failure, principal: "Principal") -> None:
+        if msg.code == "local_unavailable":  # it cannot open our files after all: send it bytes from now on
+            event = self._task_event(TaskFailed, msg, principal, error="local_unavailable", counted=False)
+            self.registry[msg.provider_id].local = False
+            self.log.warning("provider.not_local", provider_id=msg.provider_id, error=msg.error)
+            self.head.apply(self.head.sched.handle(event))
+            return
         if msg.code == "cache_miss":  # it evicted something we thought it held: resend, no penalty
             event = self._task_event(TaskFailed, msg, principal, error="cache_miss", counted=False)
             info = self.registry[msg.provider_id]
@@ -216,6 +224,10 @@ class ProviderChannel:
         info.cached.update(fresh.values())
         self.head.counters["cached_arrays_reused"] += len(cached)
         return {**params, "_cached": cached, "_cache": fresh}
+
+    def is_local(self, provider_id: str) -> bool:
+        info = self.registry.get(provider_id)
+        return info is not None and info.local
 
     def forget_job(self, job_id: str) -> None:
         prefix = f"{job_id}/"

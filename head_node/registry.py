@@ -36,6 +36,7 @@ class ProviderInfo:
     cached: set = field(default_factory=set)  # cache keys of arrays we sent it (it may have evicted some)
     probe_id: str = ""
     probe_next: float = 0.0
+    local: bool = False  # proved it reads the head's files: arrays go by reference (common/localdata.py)
 
     @classmethod
     def from_register(cls, msg: Register) -> "ProviderInfo":
@@ -54,7 +55,7 @@ class ProviderInfo:
             "free_slots": self.free_slots, "gflops": self.gflops, "torch": self.torch,
             "task_types": self.task_types, "version": self.version, "state": self.state,
             "load": self.load, "memory_used": self.memory_used, "shards_done": self.shards_done,
-            "computed": self.computed,
+            "computed": self.computed, "local": self.local,
             "last_seen": self.last_seen, "registered_at": self.registered_at,
         }
 

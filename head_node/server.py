@@ -7,6 +7,7 @@ drains what is readable, and ticks the scheduler's clock between polls.
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ from typing import Any, Callable
 
 import zmq
 
-from common import codec, protocol
+from common import codec, localdata, protocol
 from common.config import HeadConfig
 from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
@@ -22,7 +23,7 @@ from common.protocol import MsgType
 from common.codec import STATS as ARRAY_STATS
 from common.sockets import Outbox, frames_bytes, make_socket, recv_frames, send, split_envelope
 from common.tasks import TaskType, load_task_types
-from head_node.api import ClientApi
+from head_node.api import ClientApi, Held
 from head_node.auth import HeadAuth, user_id
 from head_node.keystore import KeyStore, default_advertise
 from head_node.events import (
@@ -48,7 +49,8 @@ COUNTERS = (
     "reassignments", "speculative_launches", "results_fenced", "providers_dead", "publish_dropped",
     "auth_failures", "handshake_failures", "rejected_bad_message", "rejected_bad_result", "rejected_auth",
     "internal_errors", "cached_arrays_reused", "shards_dropped", "bytes_sent", "bytes_received",
-    "subscriptions_refused", "batches_received",
+    "subscriptions_refused", "batches_received", "local_arrays_sent", "local_arrays_written", "local_uploads",
+    "local_fetches",
 )
 _DRAIN = 256  # messages taken from one socket before looking at the others
 _DRAIN_SECONDS = 0.01  # ... or this long: a queue of result batches must not hold heartbeats back
@@ -86,6 +88,7 @@ class HeadNode:
         self._http = None
         self._next_snapshot = 0.0
         self._next_commit = 0.0
+        self._local_token = localdata.write_probe(config.data_dir) if config.local_data else ""
         self.keystore = KeyStore(config.data_dir)
         if not config.insecure and not self.keystore.initialized:
             self.keystore.init(default_advertise(config))
@@ -95,6 +98,17 @@ class HeadNode:
         self.providers = ProviderChannel(self)
         self.api = ClientApi(self)
         recover(self)
+
+    # -- peers on this machine (common/localdata.py) ----------------------------
+
+    def local_offer(self) -> dict[str, str]:
+        """The fields of ``registered`` and ``stats_reply`` that let a peer on this machine prove it is."""
+        if not self._local_token:
+            return {}
+        return {"local_dir": str(self.config.data_dir.resolve()), "local_check": localdata.check_of(self._local_token)}
+
+    def is_local_proof(self, proof: str) -> bool:
+        return bool(self._local_token and proof) and secrets.compare_digest(proof, localdata.proof_of(self._local_token))
 
     # -- sockets -------------------------------------------------------------
 
@@ -218,6 +232,7 @@ class HeadNode:
 
     def tick(self) -> None:
         now = time.monotonic()
+        self._answer_held(self.api.due(now))
         self.apply(self.sched.handle(Tick(now)))
         self.providers.send_probes()
         self._close_late_rounds(now)
@@ -275,6 +290,9 @@ class HeadNode:
             if handler is None:
                 raise RequestError(f"message type {msg.type.value!r} is not accepted on this socket", "bad_message")
             reply = handler(msg, self.auth.principal(msg, uid))
+            if isinstance(reply, Held):
+                self.api.hold(reply, envelope, msg.id)
+                return True
         except DecodeError as e:
             self.reject("bad_message", str(e))
             reply = protocol.Error(code="bad_message", message=str(e))
@@ -364,7 +382,17 @@ class HeadNode:
             job.status, job.started_at = "running", time.time()
             self.journal.update_job(job)
         arrays = job.task.inputs(job, shard)
-        params = self.providers.use_cache(a.provider_id, job.task.cache_keys(job, shard), shard.params, arrays)
+        params = shard.params
+        if self.providers.is_local(a.provider_id):  # it maps our files: references instead of bytes
+            refs = job.files.locate({n: v for n, v in arrays.items() if not callable(v)})
+            targets = job.files.locate(job.task.output_targets(job, shard))
+            for name in refs:
+                del arrays[name]
+            if refs or targets:
+                params = {**params, "_local": refs, "_local_out": targets}
+                self.counters["local_arrays_sent"] += len(refs)
+        keys = {n: k for n, k in job.task.cache_keys(job, shard).items() if n in arrays}
+        params = self.providers.use_cache(a.provider_id, keys, params, arrays)
         arrays = {name: value() if callable(value) else value for name, value in arrays.items()}  # only what travels
         msg = protocol.Task(task_id=task_id_of(job.job_id, a.index), job_id=job.job_id, attempt=a.attempt,
                             task_type=job.task_type, index=a.index, params=params, arrays=arrays)
@@ -392,7 +420,15 @@ class HeadNode:
     def _merge(self, a: Merge, result: protocol.Result | None) -> None:
         job = self.jobs[a.job_id]
         try:
-            job.task.merge(job, job.shards[a.index], result.arrays if result else {})
+            arrays = result.arrays if result else {}
+            if result is not None and result.written:  # blocks the provider wrote into our output files
+                targets = job.task.output_targets(job, job.shards[a.index])
+                unknown = set(result.written) - set(targets)
+                if unknown:
+                    raise ValueError(f"wrote outputs {sorted(unknown)} in place, which this shard has not")
+                arrays = {**arrays, **{name: targets[name] for name in result.written}}
+                self.counters["local_arrays_written"] += len(result.written)
+            job.task.merge(job, job.shards[a.index], arrays)
         except Exception as e:  # a provider's wrong answer fails the job, not the head
             self.sched.finish_job(job.job_id)
             self.finish(job, "failed", f"merging shard {a.index} from provider {a.provider_id}: {e}")
@@ -429,10 +465,19 @@ class HeadNode:
         self.events.record(job.job_id, "finish", status=status, error=error or None,
                            elapsed=round(job.summary()["elapsed"], 6))
         self.events.close_job(job.job_id)
+        self._answer_held(self.api.due(time.monotonic(), finished=job.job_id))
         self.providers.forget_job(job.job_id)
         self.counters[f"jobs_{status}"] += 1
         self.log.info("job.finished", job_id=job.job_id, status=status, error=error or None,
                       elapsed=round(job.summary()["elapsed"], 4), shards=len(job.shards))
+
+    def _answer_held(self, replies: list[tuple[list, protocol.Message]]) -> None:
+        for envelope, reply in replies:
+            try:
+                self.counters["bytes_sent"] += send(self.sockets["api"], reply, envelope=envelope,
+                                                    compression=self.config.compression)
+            except TransportError as e:
+                self.log.warning("head.reply_failed", error=str(e))
 
     def all_counters(self) -> dict[str, int]:
         """The head's counters plus the array byte counts, both ways, before and after compression."""

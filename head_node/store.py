@@ -8,11 +8,15 @@ blocks being received do; see bench/memory.py).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from common import localdata
 
 SAFE_ARRAY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -21,7 +25,8 @@ class JobFiles:
     """The arrays of one job under ``DIR/jobs/JOB_ID/``."""
 
     def __init__(self, root: Path):
-        self.root = root
+        self.root = root  # DATA_DIR/jobs/JOB_ID
+        self.data_root = root.parents[1]
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray] = {}
 
@@ -38,6 +43,12 @@ class JobFiles:
             with open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
             tmp.replace(path)
+
+    def adopt_inputs(self, files: dict[str, Path]) -> None:
+        """Take ``.npy`` files a client on this machine wrote (common/localdata.py) as inputs, by renaming."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name, path in files.items():
+            os.replace(path, self._path("in", name))
 
     def input(self, name: str) -> np.ndarray:
         if name not in self._inputs:
@@ -64,6 +75,13 @@ class JobFiles:
 
     def output_names(self) -> list[str]:
         return sorted(p.name[4:-4] for p in self.root.glob("out-*.npy"))
+
+    def locate(self, arrays: dict[str, Any]) -> dict[str, dict]:
+        """References (common/localdata.py) to those of ``arrays`` that are views into this job's files."""
+        maps = {**{str(self._path("in", n)): a for n, a in self._inputs.items()},
+                **{str(self._path("out", n)): a for n, a in self._outputs.items()}}
+        refs = {name: localdata.locate(arr, maps, self.data_root) for name, arr in arrays.items()}
+        return {name: ref for name, ref in refs.items() if ref is not None}
 
     def flush(self) -> None:
         for arr in self._outputs.values():

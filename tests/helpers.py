@@ -14,3 +14,9 @@ def wait_until(predicate, timeout: float, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def hidden_dir_wrapper(path) -> list[str]:
+    """A command prefix that runs a process as on another machine as far as ``path`` goes: in a mount
+    namespace of its own, with an empty tmpfs over ``path`` (root only; Linux ``unshare``)."""
+    return ["unshare", "--mount", "sh", "-c", f'mount -t tmpfs zcompute-hidden "{path}" && exec "$@"', "sh"]

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from common import protocol
+from common import localdata, protocol
 from common.config import DEFAULT_PORT_BASE, HeadAddress, env_default
 from common.errors import ConfigError, JobCancelled, JobFailed, TransportError
 from common.logs import get_logger
@@ -19,6 +19,9 @@ from common.security import Join
 
 DEFAULT_HEAD = f"tcp://127.0.0.1:{DEFAULT_PORT_BASE}"
 _TERMINAL = ("succeeded", "failed", "cancelled")
+LOCAL_MIN_BYTES = 1 << 20  # arrays of a submit from this size up go by file to a head on this machine
+LONG_POLL = 2.0  # seconds the head may hold a status request in wait(); it answers at once when the job ends
+LONG_POLL_PROGRESS = 0.5  # the same when the caller shows progress
 log = get_logger(__name__)
 
 
@@ -31,10 +34,13 @@ class Client:
     ``head`` is ``tcp://HOST[:PORT_BASE]`` (default: the join's address,
     ``$ZCOMPUTE_HEAD`` or ``tcp://127.0.0.1:5555``). Requests time out after
     ``timeout`` seconds and are resent ``retries`` times on a fresh socket (Lazy Pirate).
+    On the head's machine, large arrays go to and from the head's data directory
+    as files instead of over the socket (``local_data=False`` turns that off).
     """
 
     def __init__(self, head: str | HeadAddress | None = None, *, join: str | Join | None = None,
-                 insecure: bool = False, timeout: float = 30.0, retries: int = 3, compression: str = "auto"):
+                 insecure: bool = False, timeout: float = 30.0, retries: int = 3, compression: str = "auto",
+                 local_data: bool = True):
         if not join and not insecure:
             join = env_default("JOIN")
             if not join:
@@ -50,21 +56,55 @@ class Client:
         self.address, self.insecure, self.join = head, insecure, join
         self._ctx = zmq.Context()
         self._lock = threading.Lock()
-        self._channel = ReqChannel(self._ctx, head.url("api"), timeout=timeout, retries=retries,
-                                   compression=compression, curve=join.curve if join else None,
-                                   token=join.token if join else None)
+        self._timeout = timeout
+        self._new_channel = lambda: ReqChannel(self._ctx, head.url("api"), timeout=timeout, retries=retries,
+                                               compression=compression, curve=join.curve if join else None,
+                                               token=join.token if join else None)
+        self._channel = self._new_channel()
+        self._waiters = threading.local()  # a channel per waiting thread: a held request blocks no other
+        self._waiter_channels: list[ReqChannel] = []
+        self._local: localdata.LocalFiles | None | bool = None if local_data else False  # None: not asked yet
 
     def request(self, msg: protocol.Message, **kwargs: Any) -> protocol.Message:
         with self._lock:
             return self._channel.request(msg, **kwargs)
+
+    def status(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """A job's summary; with ``wait``, the head answers as soon as the job ends, or after ``wait`` s."""
+        if wait <= 0:
+            return self.request(protocol.Status(job_id=job_id)).job
+        channel = getattr(self._waiters, "channel", None)
+        if channel is None:
+            channel = self._waiters.channel = self._new_channel()
+            with self._lock:
+                self._waiter_channels.append(channel)
+        return channel.request(protocol.Status(job_id=job_id, wait=wait), timeout=self._timeout + wait).job
+
+    def local_files(self) -> localdata.LocalFiles | None:
+        """The head's data directory, if this client is on its machine and may use it (asked once)."""
+        if self._local is None:
+            reply = self.request(protocol.Stats())
+            token = localdata.read_probe(reply.local_dir, reply.local_check)
+            self._local = localdata.LocalFiles(reply.local_dir, token) if token else False
+        return self._local or None
 
     # -- jobs ----------------------------------------------------------------
 
     def submit(self, task_type: str, params: dict[str, Any] | None = None,
                arrays: dict[str, np.ndarray] | None = None, priority: int = 0) -> "JobHandle":
         """Submit any task type; returns at once with a handle."""
-        reply = self.request(protocol.Submit(task_type=task_type, params=params or {}, priority=priority,
-                                             arrays=arrays or {}))
+        arrays = dict(arrays or {})
+        msg = protocol.Submit(task_type=task_type, params=params or {}, priority=priority, arrays=arrays)
+        local = self.local_files() if sum(_nbytes(a) for a in arrays.values()) >= LOCAL_MIN_BYTES else None
+        if local is not None:  # the head takes them as files: one copy, no socket
+            msg.local_arrays = {name: localdata.write_upload(local.root, np.asarray(arrays.pop(name)))
+                                for name in list(arrays) if isinstance(arrays[name], np.ndarray)}
+        try:
+            reply = self.request(msg)
+        except BaseException:
+            for name in msg.local_arrays.values():  # the head deletes what it refused; this is for the unsent
+                (local.root / localdata.UPLOADS / name).unlink(missing_ok=True)
+            raise
         return JobHandle(self, reply.job_id)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, splits: Any = "auto", priority: int = 0) -> "JobHandle":
@@ -113,7 +153,8 @@ class Client:
         return {"epoch": reply.epoch, **reply.counters}
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in [self._channel, *self._waiter_channels]:
+            channel.close()
         self._ctx.term()
 
     def __enter__(self) -> "Client":
@@ -121,6 +162,10 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _nbytes(value: Any) -> int:
+    return value.nbytes if isinstance(value, np.ndarray) else 0
 
 
 class JobHandle:
@@ -134,7 +179,7 @@ class JobHandle:
 
     def status(self) -> dict[str, Any]:
         """The job's summary: ``status``, ``done``/``total`` shards, ``error``, timings."""
-        return self.client.request(protocol.Status(job_id=self.id)).job
+        return self.client.status(self.id)
 
     def done(self) -> bool:
         return self.status()["status"] in _TERMINAL
@@ -154,10 +199,11 @@ class JobHandle:
         An unreachable head (restarting, say) does not end the wait: the job is journaled there.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
+        hold = LONG_POLL_PROGRESS if on_progress is not None else LONG_POLL
         while True:
+            wait = hold if deadline is None else min(hold, max(0.0, deadline - time.monotonic()))
             try:
-                summary = self.status()
+                summary = self.client.status(self.id, wait=wait)
             except TransportError as e:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"job {self.id}: head unreachable until the timeout ({e})") from e
@@ -175,13 +221,15 @@ class JobHandle:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} not finished after {timeout}s "
                                    f"({summary['done']}/{summary['total']} shards)")
-            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.25)
 
     def outputs(self, timeout: float | None = None) -> dict[str, np.ndarray]:
         """Every output array of the job, after waiting for it."""
         self.wait(timeout)
-        return self.client.request(protocol.Fetch(job_id=self.id)).arrays
+        local = self.client.local_files()
+        reply = self.client.request(protocol.Fetch(job_id=self.id, local=local is not None))
+        # on the head's machine: the output files themselves, mapped copy-on-write (no bytes sent)
+        mapped = {name: local.array(ref, mode="c") for name, ref in reply.local_arrays.items()}
+        return {**reply.arrays, **mapped}
 
     def result(self, timeout: float | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """The job's output: the array itself when there is one, else a dict of arrays."""

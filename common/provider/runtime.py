@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zmq
 
-from common import __version__, codec, protocol
+from common import __version__, codec, localdata, protocol
 from common.config import ProviderConfig
 from common.errors import DecodeError, ZComputeError
 from common.faults import FAULTS
@@ -91,6 +91,7 @@ class Provider:
         self._executor = ThreadPoolExecutor(config.slots, thread_name_prefix="slot")
         self.gflops = 0.0
         self.heartbeat: HeartbeatThread | None = None
+        self.local: localdata.LocalFiles | None = None  # the head's files, when they are on this machine
         join = config.join
         self.curve = join.curve if join is not None else None
         self.token = join.token if join is not None else None
@@ -150,8 +151,10 @@ class Provider:
         if self.heartbeat is not None:
             self.heartbeat.epoch = reply.epoch
         self.epoch, self.interval = reply.epoch, reply.heartbeat_interval
+        token = localdata.read_probe(reply.local_dir, reply.local_check)
+        self.local = localdata.LocalFiles(reply.local_dir, token) if token else None
         log.info("provider.registered", provider_id=self.id, name=self.name, epoch=reply.epoch,
-                 head=str(self.config.head), gflops=round(self.gflops, 1))
+                 head=str(self.config.head), gflops=round(self.gflops, 1), local=self.local is not None)
         self.registered.set()
 
     def _start_heartbeat(self) -> None:
@@ -159,7 +162,7 @@ class Provider:
         self.heartbeat = HeartbeatThread(
             self.ctx, self.config.head.url("heartbeat"), self.id, self.book,
             interval=self.interval, timeout=max(t.request_timeout, self.interval), on_unknown=self._on_unknown,
-            on_cancel=self.book.cancel, on_forget=self.cache.forget_jobs, stop=self.stop_event,
+            on_cancel=self.book.cancel, on_forget=self._forget_jobs, stop=self.stop_event,
             limits=self.config.limits,
             draining_fn=self.draining.is_set, curve=self.curve, token=self.token)
         self.heartbeat.epoch = self.epoch
@@ -243,7 +246,8 @@ class Provider:
                 handler(msg)
 
     def _on_probe(self, msg: protocol.Probe) -> None:
-        self._send(protocol.ProbeAck(provider_id=self.id, probe_id=msg.probe_id))
+        self._send(protocol.ProbeAck(provider_id=self.id, probe_id=msg.probe_id,
+                                     local_proof=self.local.proof if self.local is not None else ""))
 
     def _on_cancel(self, msg: protocol.CancelTask) -> None:
         self.book.cancel(task_key(msg))
@@ -262,6 +266,13 @@ class Provider:
         if arrays is None:
             self._send(protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
                                         error="cached input evicted", code="cache_miss"))
+            return
+        try:
+            arrays.update(self._local_inputs(msg.params.get("_local", {})))
+        except (OSError, ValueError) as e:
+            log.warning("task.local_unavailable", provider_id=self.id, task_id=msg.task_id, error=str(e))
+            self._send(protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
+                                        error=f"cannot open the head's files: {e}", code="local_unavailable"))
             return
         msg.arrays = arrays
         if not self.book.start(key):
@@ -284,6 +295,35 @@ class Provider:
                 self.cache.put(key, arrays[name])
         return arrays
 
+    def _forget_jobs(self, job_ids) -> None:
+        self.cache.forget_jobs(job_ids)
+        if self.local is not None:
+            self.local.forget(job_ids)
+
+    def _local_inputs(self, refs: dict) -> dict[str, np.ndarray]:
+        if refs and self.local is None:
+            raise ValueError("this provider did not prove it can read them")
+        return {name: self.local.array(ref) for name, ref in refs.items()}
+
+    def _write_in_place(self, targets: dict, out: dict[str, np.ndarray]) -> list[str]:
+        """Copy results straight into the head's output files where asked; returns the names written."""
+        written = []
+        for name, ref in targets.items():
+            arr = out.get(name)
+            if arr is None or self.local is None:
+                continue
+            try:
+                target = self.local.array(ref, mode="r+")
+                if target.shape != arr.shape:
+                    continue  # the head checks the shape of what it gets, and says what is wrong
+                np.copyto(target, arr, casting="same_kind")
+            except (OSError, ValueError, TypeError) as e:  # not writable here: the bytes travel instead
+                log.warning("task.write_in_place_failed", provider_id=self.id, output=name, error=str(e))
+                continue
+            del out[name]
+            written.append(name)
+        return written
+
     def _compute(self, msg: protocol.Task, key: str) -> None:
         """Runs on a worker thread."""
         if self.book.is_cancelled(key):
@@ -293,9 +333,11 @@ class Provider:
         if FAULTS.delay.get("compute"):
             time.sleep(FAULTS.delay["compute"])  # a slow provider, for fault tests
         try:
-            out = self.tasks[msg.task_type].compute(msg.params, msg.arrays, self.device.torch_name)
+            out = dict(self.tasks[msg.task_type].compute(msg.params, msg.arrays, self.device.torch_name))
+            written = self._write_in_place(msg.params.get("_local_out", {}), out)
             reply: protocol.Message = protocol.Result(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
-                                                      elapsed=time.perf_counter() - start, arrays=out)
+                                                      elapsed=time.perf_counter() - start, arrays=out,
+                                                      written=written)
         except Exception as e:  # the shard's failure is reported, the provider carries on
             log.warning("task.failed", provider_id=self.id, job_id=msg.job_id, task_id=msg.task_id, error=repr(e))
             reply = protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,

@@ -72,6 +72,15 @@ class TaskType(abc.ABC):
         """
         return {}
 
+    def output_targets(self, job: JobView, shard: Shard) -> dict[str, np.ndarray]:
+        """Views of the job's outputs that result arrays of ``shard`` are copied into unchanged, by name.
+
+        A provider on the head's machine then writes them there itself (common/localdata.py) and
+        ``merge`` gets the view back in place of the array: it must not copy an array onto itself
+        (``np.may_share_memory(result, output)`` tells).
+        """
+        return {}
+
     def round_policy(self, job: JobView) -> tuple[float, float] | None:
         """``(timeout_s, min_fraction)``: close a round after the timeout once that share of its shards is done."""
         return None

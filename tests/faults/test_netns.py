@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import hidden_dir_wrapper, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 
@@ -207,7 +207,8 @@ def netns_cluster(link, make_cluster):
 
     def start(**kwargs):
         cluster = make_cluster(1, host=link.host_ip, **kwargs)
-        cluster.add_provider(wrapper=["ip", "netns", "exec", link.ns])
+        # behind the link is another machine: it cannot see the head's files either, so arrays cross the link
+        cluster.add_provider(wrapper=["ip", "netns", "exec", link.ns, *hidden_dir_wrapper(cluster.data_dir / "head")])
         cluster.wait_for_providers(2, timeout=30)
         return cluster
 

@@ -204,8 +204,9 @@ def test_oversized_messages_drop_the_connection_and_the_head_carries_on(cluster,
                                    free_slots=1)
     assert raw.request("heartbeat", provider, heartbeat, timeout=1.0) is None
     # a client's own 2 MiB array: dropped, or (sent in frames under the limit) refused with a clear error
+    # (over the socket: a client on the head's machine would otherwise hand it over as a file)
     big = np.random.default_rng(0).standard_normal((512, 512))
-    with Client(cluster.address, join=peer, timeout=1.0, retries=0, compression="raw") as c:
+    with Client(cluster.address, join=peer, timeout=1.0, retries=0, compression="raw", local_data=False) as c:
         with pytest.raises((HeadUnreachable, RequestError)) as refused:
             c.matmul(big, big[:, :2])
     if isinstance(refused.value, RequestError):

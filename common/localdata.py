@@ -1,0 +1,152 @@
+"""Same-machine data: arrays that stay in the head's memory-mapped files instead of crossing a socket.
+
+A provider or client on the head's machine that can read the head's data
+directory maps the job files there (the page cache is shared), so a shard's
+inputs are read in place and a result block is written straight into the
+memory-mapped output: no bytes are encoded, sent, received or copied twice.
+
+Who may do it is proved, not claimed: the head writes a random token into
+``DATA_DIR/local-probe`` (readable by its own user only) and tells peers the
+directory and a hash of the token. A peer that reads the file and finds the
+hash right is on the same machine with access to the files; it answers with a
+second hash of the token, which only a reader of the file can make. Everyone
+else gets arrays over the socket as before.
+
+An array reference (``ref``) names a region of one ``.npy`` file under the
+data directory: ``{"file", "offset", "shape", "strides", "dtype"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROBE_FILE = "local-probe"
+UPLOADS = "uploads"  # clients on the head's machine write submitted arrays here
+_MAPS_KEPT = 64  # open file maps a peer keeps (one per job file in use)
+UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.npy$")
+_byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds")  # moved in numpy 2
+
+
+def _hash(purpose: str, token: str) -> str:
+    return hashlib.sha256(f"zcompute-{purpose}:{token}".encode()).hexdigest()
+
+
+def write_probe(root: Path) -> str:
+    """A fresh token in ``root/local-probe``, readable by this user only; returns it."""
+    root.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(32)
+    path = root / PROBE_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    tmp.replace(path)
+    (root / UPLOADS).mkdir(mode=0o700, exist_ok=True)
+    return token
+
+
+def write_upload(root: Path, arr: np.ndarray) -> str:
+    """Save ``arr`` into the head's uploads directory under a fresh random name; returns the name."""
+    name = secrets.token_hex(16) + ".npy"
+    path = root / UPLOADS / name
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    tmp.replace(path)
+    return name
+
+
+def upload_path(root: Path, name: Any) -> Path:
+    """The file a client named in ``submit.local_arrays``; ValueError unless it is a plain upload there."""
+    if not isinstance(name, str) or not UPLOAD_NAME.match(name):
+        raise ValueError(f"{name!r} is not an upload name")
+    path = root / UPLOADS / name
+    if path.is_symlink() or not path.is_file():
+        raise ValueError(f"no uploaded file {name!r} (it is written by a client on the head's machine)")
+    return path
+
+
+def check_of(token: str) -> str:
+    """What the head publishes: lets a peer verify the file it read."""
+    return _hash("local-check", token)
+
+
+def proof_of(token: str) -> str:
+    """What a peer answers: only a reader of the probe file can make it."""
+    return _hash("local-proof", token)
+
+
+def read_probe(local_dir: str, check: str) -> str | None:
+    """The head's token if ``local_dir``'s probe file is readable here and matches ``check``; else None."""
+    if not local_dir or not check:
+        return None
+    try:
+        token = (Path(local_dir) / PROBE_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token if secrets.compare_digest(check_of(token), check) else None
+
+
+def locate(arr: Any, files: dict[str, np.ndarray], root: Path) -> dict[str, Any] | None:
+    """A reference to ``arr`` if it is a view into one of ``files`` (path -> open ``np.memmap``)."""
+    if not isinstance(arr, np.ndarray) or arr.size == 0 or arr.dtype.hasobject:
+        return None
+    if any(s < 0 for s in arr.strides):
+        return None
+    low, high = _byte_bounds(arr)
+    for path, mm in files.items():
+        if mm is None:
+            continue
+        base = mm.__array_interface__["data"][0]
+        if base <= low and high <= base + mm.nbytes:
+            return {"file": str(Path(path).relative_to(root)), "offset": int(mm.offset + arr.__array_interface__["data"][0] - base),
+                    "shape": list(arr.shape), "strides": list(arr.strides), "dtype": arr.dtype.str}
+    return None
+
+
+class LocalFiles:
+    """A peer's view of the head's data directory: opens references, keeps a few file maps open."""
+
+    def __init__(self, root: str | Path, token: str):
+        self.root = Path(root).resolve()
+        self.proof = proof_of(token)
+        self._maps: OrderedDict[tuple[str, str], np.memmap] = OrderedDict()
+        self._lock = threading.Lock()  # the receiving thread opens inputs while compute threads write outputs
+
+    def array(self, ref: dict[str, Any], mode: str = "r") -> np.ndarray:
+        """The referenced region; ``mode`` "r" (read), "r+" (write through) or "c" (private copy on write)."""
+        try:
+            path = (self.root / ref["file"]).resolve()
+            dtype = np.dtype(ref["dtype"])
+            shape, strides, offset = tuple(ref["shape"]), tuple(ref["strides"]), int(ref["offset"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"bad local array reference {ref!r}: {e}") from None
+        if self.root not in path.parents:
+            raise ValueError(f"local array reference {ref['file']!r} is outside the head's data directory")
+        if dtype.hasobject or any(s < 0 for s in strides) or offset < 0:
+            raise ValueError(f"bad local array reference {ref!r}")
+        key = (str(path), mode)
+        with self._lock:
+            mm = self._maps.get(key)
+            if mm is None:
+                mm = self._maps[key] = np.memmap(path, dtype=np.uint8, mode=mode)
+                while len(self._maps) > _MAPS_KEPT:
+                    self._maps.popitem(last=False)
+            self._maps.move_to_end(key)
+        return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset, strides=strides)
+
+    def forget(self, job_ids) -> None:
+        """Close the maps of finished jobs' files."""
+        prefixes = tuple(str(self.root / "jobs" / job_id) + os.sep for job_id in job_ids)
+        with self._lock:
+            for key in [k for k in self._maps if k[0].startswith(prefixes)]:
+                del self._maps[key]

@@ -1,0 +1,115 @@
+"""Same-machine data (common/localdata.py): the probe handshake and array references into job files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from common import localdata
+from head_node.store import JobFiles
+
+
+@pytest.fixture
+def files(tmp_path):
+    job = JobFiles(tmp_path / "jobs" / "j1")
+    a = np.arange(60, dtype=np.float32).reshape(6, 10)
+    job.save_inputs({"a": a, "b": np.asfortranarray(a.T.astype(np.float64))})
+    job.allocate("c", (6, 4), np.float32)
+    return job, a
+
+
+def test_probe_check_and_proof(tmp_path):
+    token = localdata.write_probe(tmp_path)
+    assert oct((tmp_path / localdata.PROBE_FILE).stat().st_mode & 0o777) == "0o600"
+    assert localdata.read_probe(str(tmp_path), localdata.check_of(token)) == token
+    assert localdata.read_probe(str(tmp_path), localdata.check_of("another head")) is None
+    assert localdata.read_probe(str(tmp_path / "elsewhere"), localdata.check_of(token)) is None
+    assert localdata.read_probe("", "") is None
+    # what a peer answers differs from what the head publishes: the check alone proves nothing
+    assert localdata.proof_of(token) != localdata.check_of(token)
+
+
+@pytest.mark.parametrize("view", [
+    lambda a: a, lambda a: a[2:5], lambda a: a[:, 3:7], lambda a: a[1:4, 2:9], lambda a: a[::2, ::3],
+])
+def test_a_view_of_an_input_is_read_back_through_its_reference(files, tmp_path, view):
+    job, a = files
+    expected = view(a)
+    refs = job.locate({"x": view(job.input("a"))})
+    peer = localdata.LocalFiles(tmp_path, "token")
+    got = peer.array(refs["x"])
+    np.testing.assert_array_equal(got, expected)
+    assert not got.flags.writeable
+
+
+def test_fortran_order_input(files, tmp_path):
+    job, a = files
+    b = job.input("b")
+    ref = job.locate({"b": b[:, 1:3]})["b"]
+    np.testing.assert_array_equal(localdata.LocalFiles(tmp_path, "t").array(ref), a.T.astype(np.float64)[:, 1:3])
+
+
+def test_writing_through_a_reference_lands_in_the_output(files, tmp_path):
+    job, _ = files
+    ref = job.locate({"c": job.output("c")[2:4, 1:3]})["c"]
+    target = localdata.LocalFiles(tmp_path, "t").array(ref, mode="r+")
+    target[...] = 7
+    out = job.output("c")
+    assert (out[2:4, 1:3] == 7).all() and out.sum() == 7 * 4
+
+
+def test_a_copy_on_write_map_leaves_the_file_alone(files, tmp_path):
+    job, _ = files
+    ref = job.locate({"c": job.output("c")})["c"]
+    mine = localdata.LocalFiles(tmp_path, "t").array(ref, mode="c")
+    mine[...] = 5
+    assert job.output("c").sum() == 0
+
+
+def test_arrays_outside_the_files_have_no_reference(files):
+    job, a = files
+    refs = job.locate({"copy": a.copy(), "reversed": job.input("a")[::-1], "empty": job.input("a")[:0],
+                       "callable": lambda: a})
+    assert refs == {}
+
+
+def test_references_cannot_leave_the_data_directory(files, tmp_path):
+    job, _ = files
+    ref = job.locate({"a": job.input("a")})["a"]
+    peer = localdata.LocalFiles(tmp_path / "jobs", "t")
+    with pytest.raises(ValueError, match="outside"):
+        peer.array({**ref, "file": "../../etc/passwd"})
+    with pytest.raises(ValueError):
+        peer.array({**ref, "strides": [-4, 4]})
+    with pytest.raises(ValueError):
+        peer.array({**ref, "dtype": "O"})
+    with pytest.raises(ValueError):
+        peer.array({"file": ref["file"]})
+    with pytest.raises((ValueError, TypeError)):  # larger than the file
+        localdata.LocalFiles(tmp_path, "t").array({**ref, "shape": [6000, 10]})
+
+
+def test_upload_names_are_checked(tmp_path):
+    localdata.write_probe(tmp_path)
+    name = localdata.write_upload(tmp_path, np.ones(3))
+    assert localdata.upload_path(tmp_path, name).is_file()
+    for bad in ["../local-probe", "x.npy", 5, name.replace(".npy", ".tmp")]:
+        with pytest.raises(ValueError):
+            localdata.upload_path(tmp_path, bad)
+    link = tmp_path / localdata.UPLOADS / ("0" * 32 + ".npy")
+    os.symlink(tmp_path / localdata.PROBE_FILE, link)
+    with pytest.raises(ValueError, match="no uploaded file"):
+        localdata.upload_path(tmp_path, link.name)
+
+
+def test_forgetting_a_job_closes_its_maps(files, tmp_path):
+    job, _ = files
+    peer = localdata.LocalFiles(tmp_path, "t")
+    peer.array(job.locate({"a": job.input("a")})["a"])
+    assert peer._maps
+    peer.forget(["other"])
+    assert peer._maps
+    peer.forget(["j1"])
+    assert not peer._maps
