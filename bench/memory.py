@@ -31,7 +31,7 @@ from bench.common import RESULTS, clean_blas_env, machine, print_table, save  # 
 
 MIB = 1024**2
 _FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
-COLUMNS = ["splits", "process", "shards", "b_bands", "budget", "budget_mib", "target_mib", "base_mib", "peak_mib",
+COLUMNS = ["data", "splits", "process", "shards", "b_bands", "budget", "budget_mib", "target_mib", "base_mib", "peak_mib",
            "peak_minus_base_mib", "anon_at_peak_mib", "file_at_peak_mib", "submit_mib", "run_mib", "fetch_mib",
            "ok"]
 
@@ -112,7 +112,8 @@ def _shards_by_provider(handle, grid: tuple[int, int], n: int) -> dict[str, list
             for pid, idx in ran.items()}
 
 
-def measure_split(n: int, splits: str, providers: int, a, b, timeout: float) -> tuple[list[dict], dict]:
+def measure_split(n: int, splits: str, providers: int, a, b, timeout: float,
+                  data: str = "local") -> tuple[list[dict], dict]:
     """One fresh cluster, one job; returns rows (one per process) and details."""
     import numpy as np
 
@@ -122,7 +123,8 @@ def measure_split(n: int, splits: str, providers: int, a, b, timeout: float) -> 
     grid = parse_splits(splits)
     itemsize = a.dtype.itemsize
     job_bytes = a.nbytes + b.nbytes + n * n * itemsize
-    with LocalCluster(providers, blas_threads=1, insecure=True) as cluster, \
+    head_args = ["--no-local-data"] if data == "wire" else []
+    with LocalCluster(providers, blas_threads=1, insecure=True, head_args=head_args) as cluster, \
             cluster.client(timeout=timeout) as c:
         time.sleep(1.0)  # let start-up settle (provider GFLOP/s probe, first heartbeats)
         pids: dict[str, int | str] = {"head": cluster.head.pid,
@@ -192,7 +194,7 @@ def measure_split(n: int, splits: str, providers: int, a, b, timeout: float) -> 
     return rows, details
 
 
-DEFAULTS = {"n": 8192, "splits": ["2x1", "4x1", "2x2"], "providers": 2, "timeout": 600.0}
+DEFAULTS = {"n": 8192, "splits": ["2x1", "4x1", "2x2"], "providers": 2, "timeout": 600.0, "data": ["local", "wire"]}
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -209,10 +211,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     rows, details = [], []
-    for splits in opts["splits"]:
-        r, d = measure_split(n, splits, opts["providers"], a, b, opts["timeout"])
-        rows += r
-        details.append(d)
+    for data in opts["data"]:
+        for splits in opts["splits"]:
+            r, d = measure_split(n, splits, opts["providers"], a, b, opts["timeout"], data)
+            rows += [{**row, "data": data} for row in r]
+            details.append({**d, "data": data})
     args.details = details
     args.loadavg = (load_before, os.getloadavg())
     save("memory", {"rows": rows, "details": details, "loadavg_before": load_before,
@@ -227,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=DEFAULTS["splits"])
     p.add_argument("--providers", type=int, default=DEFAULTS["providers"])
     p.add_argument("--timeout", type=float, default=DEFAULTS["timeout"])
+    p.add_argument("--data", nargs="+", choices=["local", "wire"], default=DEFAULTS["data"],
+                   help="local: the default, peers use the head's files in place (PROTOCOL.md 6.9); "
+                        "wire: the head started --no-local-data, every array crosses a socket")
     return p
 
 
@@ -241,7 +247,7 @@ def main() -> None:
     print_table("peak RSS (MiB) against the targets (target = 2 x budget; file = memory-mapped pages)", rows,
                 COLUMNS)
     for d in args.details:
-        print(f"  {d['splits']}: submit {d['submit_s']:.1f}s run {d['run_s']:.1f}s fetch {d['fetch_s']:.1f}s, "
+        print(f"  {d['data']} {d['splits']}: submit {d['submit_s']:.1f}s run {d['run_s']:.1f}s fetch {d['fetch_s']:.1f}s, "
               f"result correct (sampled rows) {d['correct_sampled_rows']}, in the head's store "
               f"{d['store_holds_result']}, speculated {d['speculated']}, reruns {d['reruns']}")
     print(f"\nwrote {RESULTS / 'memory.json'}")

@@ -82,7 +82,8 @@ def memory_targets(rows: list[Row]) -> list[Row]:
     for r in rows:
         if r.get("target_mib"):
             what = "the job's A+B+C" if r["process"] == "head" else "its largest shard (A rows + B band + C block)"
-            out.append(_target(f"matmul 8192² f32 split {r['splits']}: {r['process']} peak RSS / {what}",
+            data = {"local": "files in place", "wire": "arrays over tcp"}.get(r.get("data", "local"))
+            out.append(_target(f"matmul 8192² f32 split {r['splits']} ({data}): {r['process']} peak RSS / {what}",
                                r["peak_mib"] / r["budget_mib"], "< 2", r["peak_mib"] < r["target_mib"],
                                f"{r['peak_mib']:.0f} MiB of {r['target_mib']:.0f} allowed"))
     return out

@@ -9,10 +9,11 @@ current attempt (fencing), so shards run at least once and merge exactly once.
 
 from __future__ import annotations
 
-import itertools
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
+from head_node.assign import Candidates, held_inputs_first
 from head_node.events import (
     Action, Assign, Cancel, Event, JobAdded, JobCancelled, JobFailed, JobRoundDone,
     Merge, ProviderDead, ProviderDraining, ProviderLeft, ProviderReady, ProviderSeen, Republish,
@@ -21,7 +22,10 @@ from head_node.events import (
 
 __all__ = ["Scheduler", "SchedulerConfig"]
 
-AFFINITY_LOOKAHEAD = 256  # pending shards looked at for one whose inputs a provider already holds
+MIN_STRAGGLE_SECONDS = 0.5  # a shard of milliseconds is not copied because of a jitter of milliseconds
+#: leases one event may make: a burst (thousands of tiny shards when their allowance grows) goes out a part
+#: per tick, so the head's loop serves heartbeats in between
+LEASE_BURST = 256
 
 
 @dataclass
@@ -33,6 +37,7 @@ class _Provider:
     state: str = "ready"  # ready | suspect | draining
     leases: set[tuple[str, int]] = field(default_factory=set)  # (job_id, index)
     holds: dict[str, set[str]] = field(default_factory=dict)  # job_id -> affinity keys of shards leased to it
+    seq: int = 0  # registration order: ties go to the first registered
 
     def free(self, extra: int) -> int:
         """Shards it may take now, holding ``extra`` beyond its slots."""
@@ -87,6 +92,14 @@ class Scheduler:
         self.providers: dict[str, _Provider] = {}
         self.jobs: dict[str, _Job] = {}
         self._seq = 0
+        self._registered = 0
+        # assignment runs only when work or room may have appeared: after shards were added or requeued or a
+        # job's allowance grew, every provider is a candidate; else only those whose room grew
+        self._recheck_all = False
+        self._recheck: set[str] = set()
+        self._unacked: list[tuple[float, str, str, int]] = []  # heap of (ack deadline, provider, job, index)
+        self._leases_left = LEASE_BURST  # for the event being handled
+        self._resume = False  # a burst was cut short: the next tick looks at every provider again
         self._handlers = {
             ProviderReady: self._on_provider_ready,
             ProviderSeen: self._on_provider_seen,
@@ -105,8 +118,10 @@ class Scheduler:
     # -- entry point ---------------------------------------------------------
 
     def handle(self, event: Event) -> list[Action]:
+        self._leases_left = LEASE_BURST
         actions = self._handlers[type(event)](event)
-        actions.extend(self._assign(event.now))
+        if self._recheck_all or self._recheck:
+            actions.extend(self._assign(event.now))
         return actions
 
     # -- queries the server uses ---------------------------------------------
@@ -150,15 +165,19 @@ class Scheduler:
     def _on_provider_ready(self, ev: ProviderReady) -> list[Action]:
         old = self.providers.get(ev.provider_id)
         actions = self._drop_provider(old, ev.now, exclude=False) if old else []
-        self.providers[ev.provider_id] = _Provider(ev.provider_id, ev.slots, frozenset(ev.task_types), ev.now)
+        self._registered += 1
+        self.providers[ev.provider_id] = _Provider(ev.provider_id, ev.slots, frozenset(ev.task_types), ev.now,
+                                                   seq=self._registered)
+        self._recheck.add(ev.provider_id)
         return actions
 
     def _on_provider_seen(self, ev: ProviderSeen) -> list[Action]:
         p = self.providers.get(ev.provider_id)
         if p is None:
             return []
-        if p.state != "draining":
+        if p.state == "suspect":
             p.state = "ready"
+            self._recheck.add(p.provider_id)
         p.last_seen = ev.now
         held = set()
         for job_id, index in p.leases:  # a heartbeat listing a task renews its lease
@@ -208,10 +227,15 @@ class Scheduler:
             if exclude:
                 shard.excluded.add(p.provider_id)
             if not shard.leases and not shard.done:
-                shard.attempt += 1
-                job.pending.appendleft(index)
-                actions.append(Republish(job_id, index, shard.attempt, None, reason="provider_lost"))
+                actions.append(self._requeue(job, shard, "provider_lost"))
         return actions
+
+    def _requeue(self, job: _Job, shard: _Shard, reason: str) -> Republish:
+        """Back to the front of the queue with a new attempt."""
+        shard.attempt += 1
+        job.pending.appendleft(shard.index)
+        self._recheck_all = True
+        return Republish(job.job_id, shard.index, shard.attempt, None, reason=reason)
 
     # -- jobs ----------------------------------------------------------------
 
@@ -228,10 +252,10 @@ class Scheduler:
             self._add_shards(job, ev.indices, ev.attempts, affinity=ev.affinity)
         return []
 
-    @staticmethod
-    def _add_shards(job: _Job, indices, attempts: dict[int, int] | None, recovered: bool = False,
+    def _add_shards(self, job: _Job, indices, attempts: dict[int, int] | None, recovered: bool = False,
                     affinity: dict[int, str] | None = None) -> None:
         job.round, job.round_done = set(indices), 0
+        self._recheck_all = True
         attempts, affinity = attempts or {}, affinity or {}
         for i in indices:
             job.shards[i] = _Shard(i, attempt=attempts.get(i, 0), recovered=recovered, affinity=affinity.get(i))
@@ -265,8 +289,7 @@ class Scheduler:
         for shard in job.shards.values():
             for pid, lease in shard.leases.items():
                 actions.append(Cancel(pid, job_id, shard.index, lease.attempt))
-                if pid in self.providers:
-                    self.providers[pid].leases.discard((job_id, shard.index))
+                self._release(pid, job_id, shard.index)
         for p in self.providers.values():
             p.holds.pop(job_id, None)
         return actions
@@ -291,7 +314,10 @@ class Scheduler:
             job.duration_sum += max(0.0, ev.now - lease.started)
             job.duration_count += 1
         if ev.elapsed >= 0:
+            allowance = self._extra_leases(job)
             job.compute_ewma = ev.elapsed if job.compute_ewma is None else 0.8 * job.compute_ewma + 0.2 * ev.elapsed
+            if self._extra_leases(job) > allowance:
+                self._recheck_all = True  # every provider has more room for this job now
         shard.done = True
         job.done += 1
         if ev.index in job.round:
@@ -315,31 +341,26 @@ class Scheduler:
         self._release(ev.provider_id, ev.job_id, ev.index)
         shard.leases.pop(ev.provider_id)
         if not ev.counted:
-            if not shard.leases:
-                shard.attempt += 1
-                job.pending.appendleft(ev.index)
-                return [Republish(ev.job_id, ev.index, shard.attempt, None, reason=ev.error or "retry")]
-            return []
+            return [self._requeue(job, shard, ev.error or "retry")] if not shard.leases else []
         shard.failures += 1
         if shard.failures >= self.config.max_attempts:
             return [*self._remove_job(ev.job_id),
                     JobFailed(ev.job_id, f"shard {ev.index} failed {shard.failures} times; last error: {ev.error}")]
         shard.excluded.add(ev.provider_id)
-        if not shard.leases:
-            shard.attempt += 1
-            job.pending.appendleft(ev.index)
-            return [Republish(ev.job_id, ev.index, shard.attempt, None, reason="failed")]
-        return []
+        return [self._requeue(job, shard, "failed")] if not shard.leases else []
 
     def _release(self, provider_id: str, job_id: str, index: int) -> None:
         p = self.providers.get(provider_id)
         if p is not None:
             p.leases.discard((job_id, index))
+            self._recheck.add(provider_id)
 
     # -- time ----------------------------------------------------------------
 
     def _on_tick(self, ev: Tick) -> list[Action]:
         cfg, actions = self.config, []
+        self._recheck_all |= self._resume
+        self._resume = False
         for p in list(self.providers.values()):
             silent = ev.now - p.last_seen
             if silent > cfg.dead_after:
@@ -347,82 +368,88 @@ class Scheduler:
                 actions.extend(self._drop_provider(p, ev.now, exclude=True))
             elif silent > cfg.liveness * cfg.heartbeat_interval and p.state != "draining":
                 p.state = "suspect"
-        for p in self.providers.values():
-            for job_id, index in p.leases:
-                lease = self.jobs[job_id].shards[index].leases[p.provider_id]
-                if not lease.accepted and ev.now > lease.ack_deadline:
-                    lease.ack_deadline = ev.now + cfg.ack_timeout
-                    actions.append(Republish(job_id, index, lease.attempt, p.provider_id, reason="no_ack"))
+        actions.extend(self._republish_unaccepted(ev.now))
         if cfg.speculate:
             actions.extend(self._speculate(ev.now))
         return actions
 
+    def _republish_unaccepted(self, now: float) -> list[Action]:
+        """Leases not accepted by their deadline are sent again, once per deadline."""
+        actions: list[Action] = []
+        while self._unacked and self._unacked[0][0] < now:
+            deadline, provider_id, job_id, index = heapq.heappop(self._unacked)
+            shard = self._shard(job_id, index)
+            lease = shard.leases.get(provider_id) if shard is not None else None
+            if lease is None or lease.accepted or lease.ack_deadline != deadline:
+                continue  # released, accepted, or a newer deadline is in the heap
+            lease.ack_deadline = now + self.config.ack_timeout
+            heapq.heappush(self._unacked, (lease.ack_deadline, provider_id, job_id, index))
+            actions.append(Republish(job_id, index, lease.attempt, provider_id, reason="no_ack"))
+        return actions
+
     def _speculate(self, now: float) -> list[Action]:
-        """A copy of a straggling shard for an idle provider; the first result wins."""
+        """A copy of a straggling shard for an idle provider; the first result wins. Higher priority first."""
         cfg, actions = self.config, []
-        leased = [(self.jobs[j], i) for p in self.providers.values() for j, i in p.leases]
-        for job, index in leased:
-            shard = job.shards[index]
-            if len(shard.leases) != 1 or index in job.speculated or not job.duration_count:
-                continue
-            if job.round_done <= cfg.speculate_after * len(job.round):  # "over 75 % done", of the current round
-                continue
-            (holder, lease), = shard.leases.items()
-            if now - lease.started <= cfg.straggler_factor * job.duration_sum / job.duration_count:
-                continue
-            idle = self._pick_provider(job, shard, exclude={holder}, idle_only=True)
-            if idle is not None:
+        # jobs "over 75 % done" (of the current round), with a mean shard time to compare against
+        jobs = {job.job_id: job for job in self.jobs.values()
+                if job.duration_count and job.round_done > cfg.speculate_after * len(job.round)}
+        idle = [p for p in self.providers.values() if p.state == "ready" and not p.leases] if jobs else []
+        if not idle:
+            return actions
+        leased: dict[str, list[int]] = {}
+        for p in self.providers.values():
+            for job_id, index in p.leases:
+                if job_id in jobs:
+                    leased.setdefault(job_id, []).append(index)
+        for job in sorted((jobs[j] for j in leased), key=lambda j: j.order):
+            threshold = max(MIN_STRAGGLE_SECONDS, cfg.straggler_factor * job.duration_sum / job.duration_count)
+            copies = None
+            for index in leased[job.job_id]:
+                shard = job.shards[index]
+                if len(shard.leases) != 1 or index in job.speculated:
+                    continue
+                lease, = shard.leases.values()
+                if now - lease.started <= threshold:
+                    continue
+                if not self._leases_left:
+                    return actions
+                if copies is None:  # idle still: an earlier job's copies may have taken some
+                    copies = Candidates([p for p in idle if not p.leases], job.task_type, self._extra_leases(job))
+                target = copies.take(shard)
+                if target is None:
+                    break
                 job.speculated.add(index)
-                actions.append(self._lease(job, shard, idle, now, speculative=True))
+                actions.append(self._lease(job, shard, target.provider_id, now, speculative=True))
         return actions
 
     # -- assignment ----------------------------------------------------------
 
     def _assign(self, now: float) -> list[Action]:
         """Lease pending shards to free providers: jobs by priority then age, shards in order."""
+        if self._recheck_all:
+            providers = list(self.providers.values())
+        else:
+            providers = [self.providers[pid] for pid in self._recheck if pid in self.providers]
+        self._recheck_all, self._recheck = False, set()
         actions: list[Action] = []
-        for job in sorted(self.jobs.values(), key=lambda j: j.order):
-            while job.pending:
+        for job in sorted((j for j in self.jobs.values() if j.pending), key=lambda j: j.order):
+            candidates = Candidates(providers, job.task_type, self._extra_leases(job))
+            while job.pending and candidates:
+                if not self._leases_left:
+                    self._resume = True
+                    return actions
                 shard = job.shards[job.pending[0]]
-                # exclusion is a preference: a shard retries on an excluded provider rather than stall
-                provider = self._pick_provider(job, shard, exclude=shard.excluded)
-                if provider is None and shard.excluded:
-                    provider = self._pick_provider(job, shard, exclude=set())
-                if provider is None:
+                p = candidates.take(shard, avoid=shard.excluded)
+                if p is None:
                     break
-                shard = self._held_inputs_first(job, shard, self.providers[provider])
+                shard = held_inputs_first(job, shard, p)
                 if shard.index == job.pending[0]:
                     job.pending.popleft()
                 else:
                     job.pending.remove(shard.index)
-                actions.append(self._lease(job, shard, provider, now))
+                actions.append(self._lease(job, shard, p.provider_id, now))
+                candidates.put_back(p)
         return actions
-
-    def _held_inputs_first(self, job: _Job, shard: _Shard, p: _Provider) -> _Shard:
-        """Instead of ``shard``, a pending shard whose inputs ``p`` already holds, if ``shard``'s are new to
-        it (matmul: the B band it has; training: its data shard). Looks at the next shards only."""
-        held = p.holds.get(job.job_id)
-        if not held or shard.affinity is None or shard.affinity in held:
-            return shard
-        for index in itertools.islice(job.pending, 1, AFFINITY_LOOKAHEAD):
-            other = job.shards[index]
-            if other.affinity in held and p.provider_id not in other.excluded and p.provider_id not in other.leases:
-                return other
-        return shard
-
-    def _pick_provider(self, job: _Job, shard: _Shard, exclude: set[str], idle_only: bool = False) -> str | None:
-        """The supporting provider with the most free slots (ties: the first registered)."""
-        best, best_free = None, 0
-        extra = self._extra_leases(job)
-        for p in self.providers.values():
-            if job.task_type not in p.task_types or p.provider_id in exclude or p.provider_id in shard.leases:
-                continue
-            if idle_only and p.leases:
-                continue
-            free = p.free(extra)
-            if free > best_free:
-                best, best_free = p.provider_id, free
-        return best
 
     def _extra_leases(self, job: _Job) -> int:
         """Shards beyond its slots a provider may hold for this job: many when shards are tiny, so the
@@ -433,7 +460,9 @@ class Scheduler:
         return cfg.prefetch
 
     def _lease(self, job: _Job, shard: _Shard, provider_id: str, now: float, speculative: bool = False) -> Assign:
-        shard.leases[provider_id] = _Lease(provider_id, shard.attempt, now, now + self.config.ack_timeout)
+        lease = shard.leases[provider_id] = _Lease(provider_id, shard.attempt, now, now + self.config.ack_timeout)
+        heapq.heappush(self._unacked, (lease.ack_deadline, provider_id, job.job_id, shard.index))
+        self._leases_left -= 1
         p = self.providers[provider_id]
         p.leases.add((job.job_id, shard.index))
         if shard.affinity is not None:

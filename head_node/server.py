@@ -172,6 +172,23 @@ class HeadNode:
         poller = zmq.Poller()
         for sock in routes:
             poller.register(sock, zmq.POLLIN)
+        heartbeats = self.sockets["heartbeat"]
+
+        def drain(sock: zmq.Socket) -> None:
+            """Serve what ``sock`` has queued: heartbeats all (they are cheap and decide who is alive; a tick's
+            worth of time at most, so a flood cannot starve the rest), any other at most a batch."""
+            beats = sock is heartbeats
+            until = time.monotonic() + (TICK_SECONDS if beats else _DRAIN_SECONDS)
+            served = 0
+            while sock.poll(0, zmq.POLLIN) and (beats or served < _DRAIN) and time.monotonic() <= until:
+                served += 1
+                try:
+                    if routes[sock](sock) is False:
+                        break  # it was not there after all
+                except Exception as e:  # nothing one message does may stop the head
+                    self.counters["internal_errors"] += 1
+                    self.log.exception("head.loop_error", error=repr(e))
+
         http = self._http
         self.ready.set()
         next_tick = time.monotonic()
@@ -179,18 +196,13 @@ class HeadNode:
             while not self._stop.is_set():
                 timeout = max(0.0, next_tick - time.monotonic())
                 for sock, _ in poller.poll(timeout * 1000):
-                    until = time.monotonic() + _DRAIN_SECONDS
-                    for _ in range(_DRAIN):
-                        if not sock.poll(0, zmq.POLLIN) or time.monotonic() > until:
-                            break
-                        try:
-                            if routes[sock](sock) is False:
-                                break  # it was not there after all
-                        except Exception as e:  # nothing one message does may stop the head
-                            self.counters["internal_errors"] += 1
-                            self.log.exception("head.loop_error", error=repr(e))
+                    drain(heartbeats)  # before and after every other socket's batch, and ahead of the flush
+                    if sock is not heartbeats:
+                        drain(sock)
+                        drain(heartbeats)
                     self.flush()  # what handling these messages assigned, one batch per provider
                 if time.monotonic() >= next_tick:
+                    drain(heartbeats)  # no provider is judged silent while its heartbeat waits in our queue
                     self.tick()
                     self.flush()
                     next_tick = time.monotonic() + TICK_SECONDS

@@ -78,6 +78,8 @@ class JobFiles:
 
     def locate(self, arrays: dict[str, Any]) -> dict[str, dict]:
         """References (common/localdata.py) to those of ``arrays`` that are views into this job's files."""
+        if not arrays:
+            return {}
         maps = {**{str(self._path("in", n)): a for n, a in self._inputs.items()},
                 **{str(self._path("out", n)): a for n, a in self._outputs.items()}}
         refs = {name: localdata.locate(arr, maps, self.data_root) for name, arr in arrays.items()}

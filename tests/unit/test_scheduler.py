@@ -307,6 +307,19 @@ def test_unaccepted_lease_is_republished_after_ack_timeout():
     assert s.handle(Tick(4.6)) == [Republish("j", 0, 0, "p1", reason="no_ack")]
 
 
+def test_each_deadline_republishes_once_and_only_the_current_unaccepted_leases():
+    s = make()
+    ready(s, "p1", slots=3)
+    add_job(s, "j", 3)
+    ready(s, "p1", slots=3)  # re-registered at the same moment: attempt 1 of each, with the same deadline
+    s.handle(TaskAccepted(0.5, "j", 0, 1, "p1"))
+    ok(s, "j", 1, 1, "p1", now=1.0)
+    assert s.handle(Tick(2.5)) == [Republish("j", 2, 1, "p1", reason="no_ack")]
+    assert s.handle(Tick(2.6)) == []
+    assert s.handle(Tick(4.5)) == []  # the next deadline is 4.5: republished only after it
+    assert s.handle(Tick(4.6)) == [Republish("j", 2, 1, "p1", reason="no_ack")]
+
+
 def test_task_accepted_stops_republishing():
     s = make()
     ready(s, "p1")
@@ -454,6 +467,28 @@ def test_no_speculation_before_75_percent_done():
 def test_no_speculation_when_disabled():
     s = _straggler(speculate=False)
     assert s.handle(Tick(2.5)) == []
+
+
+def test_tiny_shards_are_not_copied_for_a_jitter():
+    s = make()
+    ready(s, "p1", slots=5)
+    add_job(s, "j", 5)
+    ready(s, "p2", slots=1)
+    for i in range(4):  # the mean shard takes 5 ms
+        ok(s, "j", i, 0, "p1", now=0.005)
+    assert s.handle(Tick(0.4)) == []  # 80 times the mean, but under MIN_STRAGGLE_SECONDS
+    assert s.handle(Tick(0.6)) == [Assign("j", 4, 0, "p2", speculative=True)]
+
+
+def test_the_higher_priority_straggler_gets_the_idle_provider():
+    s = make()
+    ready(s, "p1", slots=10)
+    add_job(s, "low", 5, priority=0)
+    add_job(s, "high", 5, priority=1)
+    for i in range(4):
+        ok(s, "low", i, 0, "p1", now=1.0), ok(s, "high", i, 0, "p1", now=1.0)
+    ready(s, "p2", slots=1, now=1.0)
+    assert s.handle(Tick(1.3)) == [Assign("high", 4, 0, "p2", speculative=True)]
 
 
 @pytest.mark.parametrize("factor", [1.2, 2.0])
