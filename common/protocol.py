@@ -295,23 +295,27 @@ class CancelJob(Message):
 class ListJobs(Message):
     type = MsgType.LIST_JOBS
     state: str | None = None
+    offset: int = 0  # as in list_providers
 
 
 @dataclass(kw_only=True)
 class JobList(Message):
     type = MsgType.JOB_LIST
     jobs: list[dict]
+    next_offset: int | None = None  # more follow: ask again from here
 
 
 @dataclass(kw_only=True)
 class ListProviders(Message):
     type = MsgType.LIST_PROVIDERS
+    offset: int = 0  # the first provider to list (a reply holds as many as fit; see next_offset)
 
 
 @dataclass(kw_only=True)
 class ProviderList(Message):
     type = MsgType.PROVIDER_LIST
     providers: list[dict]
+    next_offset: int | None = None  # more follow: ask again from here
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgpack
 import numpy as np
 
 from common import localdata, protocol
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 _REMEMBERED_REPLIES = 4096
 MAX_EVENTS_PER_REPLY = 500  # keeps an event_list reply's header well under the 256 KiB header limit
+PAGE_BYTES = 160 * 1024  # summaries per job_list or provider_list reply, packed (the header limit is 256 KiB)
 MAX_STATUS_WAIT = 10.0  # a held status request is answered within this, its job finished or not
 
 
@@ -43,6 +45,19 @@ def _open_uploads(uploads: dict[str, Path]) -> dict[str, np.ndarray]:
         except (OSError, ValueError) as e:
             raise ValidationError(f"uploaded array {name!r} is not a readable .npy file: {e}") from None
     return arrays
+
+
+def _page(items: list, offset: int, summary=lambda x: x) -> tuple[list[dict], int | None]:
+    """The summaries of ``items`` from ``offset`` on that fit in one reply, and where the next reply starts."""
+    page, size, offset = [], 0, max(0, offset)
+    for item in items[offset:]:
+        s = summary(item)
+        size += len(msgpack.packb(s, use_bin_type=True))
+        if page and size > PAGE_BYTES:
+            break
+        page.append(s)
+    end = offset + len(page)
+    return page, end if end < len(items) else None
 
 
 class ClientApi:
@@ -215,12 +230,14 @@ class ClientApi:
         return protocol.JobStatus(job=job.summary())
 
     def _on_list_jobs(self, msg: protocol.ListJobs, principal: "Principal") -> protocol.Message:
-        jobs = [j.summary() for j in self.head.jobs.values() if msg.state in (None, j.status)
+        jobs = [j for j in self.head.jobs.values() if msg.state in (None, j.status)
                 and (principal.sees_all or j.owner == principal.name)]
-        return protocol.JobList(jobs=jobs)
+        page, next_offset = _page(jobs, msg.offset, lambda j: j.summary())
+        return protocol.JobList(jobs=page, next_offset=next_offset)
 
     def _on_list_providers(self, msg: protocol.ListProviders, principal: "Principal") -> protocol.Message:
-        return protocol.ProviderList(providers=self.head.providers.summaries())
+        page, next_offset = _page(self.head.providers.summaries(), msg.offset)
+        return protocol.ProviderList(providers=page, next_offset=next_offset)
 
     def _on_stats(self, msg: protocol.Stats, principal: "Principal") -> protocol.Message:
         counters = self.head.all_counters()  # not state(): that also summarizes every job

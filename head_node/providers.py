@@ -118,18 +118,16 @@ class ProviderChannel:
             if msg.draining and info.state != "draining":
                 info.state = "draining"
                 self.log.info("provider.draining", provider_id=msg.provider_id, name=info.name)
-                sched.handle(ProviderDraining(time.monotonic(), msg.provider_id))
+                self.head.apply(sched.handle(ProviderDraining(time.monotonic(), msg.provider_id)))
             # a leased task in the outbox was taken too (and finished): it must not be re-published while
             # its result waits in our queue, or a loaded head answers its backlog with more work
             taken = frozenset(msg.running).union(k for k in msg.outbox if k in held)
             self.head.apply(sched.handle(ProviderSeen(time.monotonic(), msg.provider_id, taken)))
             if any(k not in held for k in msg.running):
                 held = sched.running(msg.provider_id)  # it may have adopted some (after a head restart)
-        if msg.outbox:
-            self.head.commit_done()  # acknowledge only results that are journaled
         # a joining provider's work may still be adopted once it is ready: cancel nothing yet
         cancel = [k for k in msg.running if k not in held] if info.state != "joining" else []
-        acked = [k for k in msg.outbox if self._settled(k)]
+        acked = [k for k in msg.outbox if self._settled(k)]  # journaled results only: the rest at the next beat
         return protocol.HeartbeatReply(epoch=self.head.epoch, known=True, acked=acked, cancel=cancel,
                                        forget=self.recently_finished())
 
@@ -138,7 +136,7 @@ class ProviderChannel:
             job_id, index, attempt = parse_key(key)
         except ValueError:
             return True  # nothing we could ever use: let the provider drop it
-        return self.head.sched.settled(job_id, index, attempt)
+        return self.head.sched.settled(job_id, index, attempt) and self.head.committed(job_id, index)
 
     # -- results ---------------------------------------------------------------
 
@@ -174,7 +172,7 @@ class ProviderChannel:
         if job is not None and not job.finished:
             self.head.events.record(event.job_id, "accept", task_id=msg.task_id, attempt=msg.attempt,
                                     provider_id=msg.provider_id)
-        self.head.apply(self.head.sched.handle(event))
+        self.head.decide(event)
 
     def _on_progress(self, msg: protocol.Progress, principal: "Principal") -> None:
         self._task_event(TaskAccepted, msg, principal)  # validates only; progress is informational
@@ -187,20 +185,20 @@ class ProviderChannel:
                        provider_id=msg.provider_id, elapsed=round(msg.elapsed, 4))
         self.head.events.record(event.job_id, "result", task_id=msg.task_id, attempt=msg.attempt,
                                 provider_id=msg.provider_id, elapsed=round(msg.elapsed, 6))
-        self.head.apply(self.head.sched.handle(event), result=msg)
+        self.head.decide(event, result=msg)
 
     def _on_failure(self, msg: protocol.Failure, principal: "Principal") -> None:
         if msg.code == "local_unavailable":  # it cannot open our files after all: send it bytes from now on
             event = self._task_event(TaskFailed, msg, principal, error="local_unavailable", counted=False)
             self.registry[msg.provider_id].local = False
             self.log.warning("provider.not_local", provider_id=msg.provider_id, error=msg.error)
-            self.head.apply(self.head.sched.handle(event))
+            self.head.decide(event)
             return
         if msg.code == "cache_miss":  # it evicted something we thought it held: resend, no penalty
             event = self._task_event(TaskFailed, msg, principal, error="cache_miss", counted=False)
             info = self.registry[msg.provider_id]
             info.cached = {k for k in info.cached if not k.startswith(f"{event.job_id}/")}
-            self.head.apply(self.head.sched.handle(event))
+            self.head.decide(event)
             return
         event = self._task_event(TaskFailed, msg, principal, error=msg.error)
         if self._fenced(event, msg):
@@ -208,7 +206,7 @@ class ProviderChannel:
         self.head.counters["task_failures"] += 1
         self.log.warning("task.failed", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
                          provider_id=msg.provider_id, error=msg.error)
-        self.head.apply(self.head.sched.handle(event))
+        self.head.decide(event)
 
     # -- arrays providers hold -------------------------------------------------
 

@@ -117,12 +117,19 @@ class Scheduler:
 
     # -- entry point ---------------------------------------------------------
 
-    def handle(self, event: Event) -> list[Action]:
+    def handle(self, event: Event, assign: bool = True) -> list[Action]:
+        """The actions ``event`` calls for. ``assign=False`` leaves new leases to a later ``assign()`` (a batch
+        of results then hands out the room it freed in one pass)."""
         self._leases_left = LEASE_BURST
         actions = self._handlers[type(event)](event)
-        if self._recheck_all or self._recheck:
+        if assign and (self._recheck_all or self._recheck):
             actions.extend(self._assign(event.now))
         return actions
+
+    def assign(self, now: float) -> list[Action]:
+        """Leases for the room and work that appeared since the last assignment."""
+        self._leases_left = LEASE_BURST
+        return self._assign(now) if self._recheck_all or self._recheck else []
 
     # -- queries the server uses ---------------------------------------------
 

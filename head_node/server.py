@@ -78,6 +78,8 @@ class HeadNode:
         self.journal = Journal(config.data_dir / "journal.sqlite")
         self.events = EventLog(config.data_dir / "jobs")
         self._unjournaled: dict[str, list[tuple[int, str]]] = {}  # merged shards awaiting a group commit
+        self._uncommitted: set[tuple[str, int]] = set()  # the same, as (job, index)
+        self._in_batch = False  # handling a batch of results: assignments wait for its end
         self.ctx = zmq.Context()
         self._stop = threading.Event()
         self.ready = threading.Event()
@@ -279,6 +281,7 @@ class HeadNode:
         if not self._unjournaled:
             return
         batch, self._unjournaled = self._unjournaled, {}
+        self._uncommitted = set()
         for job_id in batch:
             self.jobs[job_id].files.flush()
         self.journal.shards_done([(job_id, i, name) for job_id, done in batch.items() for i, name in done])
@@ -348,16 +351,22 @@ class HeadNode:
         except (DecodeError, RequestError) as e:
             self.reject("bad_result", str(e))
             return True
-        for m, principal in zip(msgs, principals):
-            try:
-                handlers[m.type](m, principal)
-            except AuthError as e:
-                self.reject("auth", str(e))
-            except RequestError as e:
-                self.reject("bad_result", str(e))
-            except Exception as e:
-                self.log.exception("head.handler_error", error=repr(e))
-                self.counters["internal_errors"] += 1
+        self._in_batch = len(msgs) > 1
+        try:
+            for m, principal in zip(msgs, principals):
+                try:
+                    handlers[m.type](m, principal)
+                except AuthError as e:
+                    self.reject("auth", str(e))
+                except RequestError as e:
+                    self.reject("bad_result", str(e))
+                except Exception as e:
+                    self.log.exception("head.handler_error", error=repr(e))
+                    self.counters["internal_errors"] += 1
+        finally:
+            if self._in_batch:
+                self._in_batch = False
+                self.apply(self.sched.assign(time.monotonic()))
         return True
 
     def reject(self, reason: str, detail: str) -> None:
@@ -449,6 +458,16 @@ class HeadNode:
         job.round_merged.add(a.index)
         name = self.providers.count_done(a.provider_id, job)
         self._unjournaled.setdefault(job.job_id, []).append((a.index, name))
+        self._uncommitted.add((job.job_id, a.index))
+
+    def committed(self, job_id: str, index: int) -> bool:
+        """Is this merged shard journaled done (not awaiting the next group commit)?"""
+        return (job_id, index) not in self._uncommitted
+
+    def decide(self, event, result: protocol.Result | None = None) -> None:
+        """Hand ``event`` to the scheduler and carry out its actions; within a batch of results the new
+        leases wait for the batch's end, so the room it freed is handed out in one pass."""
+        self.apply(self.sched.handle(event, assign=not self._in_batch), result=result)
 
     def apply_round_done(self, job: Job) -> None:
         if job.finished:

@@ -142,10 +142,22 @@ class Client:
         return JobHandle(self, job_id)
 
     def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
-        return self.request(protocol.ListJobs(state=state)).jobs
+        """Summaries of your jobs (every job for an admin or viewer), oldest first; ``state`` filters."""
+        return self._pages(lambda offset: protocol.ListJobs(state=state, offset=offset), "jobs")
 
     def providers(self) -> list[dict[str, Any]]:
-        return self.request(protocol.ListProviders()).providers
+        """Summaries of the providers that are joining, ready or draining."""
+        return self._pages(lambda offset: protocol.ListProviders(offset=offset), "providers")
+
+    def _pages(self, request: Callable[[int], protocol.Message], field: str) -> list[dict[str, Any]]:
+        """Every item of a listing the head answers a page at a time (``next_offset``)."""
+        out, offset = [], 0
+        while True:
+            reply = self.request(request(offset))
+            out += getattr(reply, field)
+            if reply.next_offset is None or reply.next_offset <= offset:
+                return out
+            offset = reply.next_offset
 
     def stats(self) -> dict[str, Any]:
         """The head's counters since it started (rejections, reassignments, speculative launches...)."""

@@ -57,3 +57,32 @@ def test_a_task_never_taken_is_republished(head):
     later = time.monotonic() + 2 * head.config.timing.ack_timeout
     republished = [a for a in head.sched.handle(Tick(later)) if isinstance(a, Republish)]
     assert [(a.provider_id, a.reason) for a in republished] == [(pid, "no_ack")]
+
+
+def test_a_merged_result_is_acknowledged_once_journaled(head):
+    pid = ready_provider(head)
+    head.api.handlers[protocol.MsgType.SUBMIT](protocol.Submit(task_type="noop", params={"shards": 2}), INSECURE)
+    (_, task), = [(p, m) for p, m in head.published if isinstance(m, protocol.Task)]
+    key = f"{task.task_id}#{task.attempt}"
+    head.providers._on_result(protocol.Result(provider_id=pid, task_id=task.task_id, attempt=task.attempt,
+                                              elapsed=0.01), INSECURE)
+    assert not head.committed(task.job_id, task.index)
+    assert heartbeat(head, pid, outbox=[key]).acked == []  # merged but not yet journaled: next beat
+    head.commit_done()
+    assert heartbeat(head, pid, outbox=[key]).acked == [key]
+
+
+@pytest.mark.parametrize("count", [1, 700])
+def test_long_listings_come_a_page_at_a_time(head, count):
+    for _ in range(count):
+        ready_provider(head)
+    list_providers = head.api.handlers[protocol.MsgType.LIST_PROVIDERS]
+    seen, offset, pages = [], 0, 0
+    while offset is not None:
+        reply = list_providers(protocol.ListProviders(offset=offset), INSECURE)
+        frames = protocol.encode(reply)
+        assert len(bytes(frames[0])) < head.config.limits.max_header_bytes  # each page fits in a reply
+        seen += [p["provider_id"] for p in reply.providers]
+        offset, pages = reply.next_offset, pages + 1
+    assert sorted(seen) == sorted(head.providers.registry) and len(set(seen)) == count
+    assert pages == 1 if count == 1 else pages >= 2
