@@ -8,6 +8,7 @@ trusts one that was not written.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -73,8 +74,8 @@ class Journal:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
+                for sql, group in itertools.groupby(statements, key=lambda s: s[0]):  # runs of one statement
+                    self._db.executemany(sql, [args for _, args in group])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

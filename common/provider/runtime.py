@@ -34,6 +34,7 @@ from common.reqclient import ReqChannel
 from common.security import topic_for
 from common.sockets import Outbox, make_socket, recv_frames
 from common.tasks import TaskType, load_task_types
+from common.tasks.base import writes_into
 
 log = get_logger("provider")
 RESEND_AFTER_BEATS = 3  # an unacknowledged result is pushed again after this many heartbeat intervals
@@ -305,21 +306,30 @@ class Provider:
             raise ValueError("this provider did not prove it can read them")
         return {name: self.local.array(ref) for name, ref in refs.items()}
 
-    def _write_in_place(self, targets: dict, out: dict[str, np.ndarray]) -> list[str]:
-        """Copy results straight into the head's output files where asked; returns the names written."""
-        written = []
-        for name, ref in targets.items():
-            arr = out.get(name)
-            if arr is None or self.local is None:
-                continue
+    def _output_targets(self, refs: dict) -> dict[str, np.ndarray]:
+        """The regions of the head's output files this task's results go to (what can be opened here)."""
+        targets = {}
+        for name, ref in refs.items():
             try:
-                target = self.local.array(ref, mode="r+")
-                if target.shape != arr.shape:
-                    continue  # the head checks the shape of what it gets, and says what is wrong
-                np.copyto(target, arr, casting="same_kind")
-            except (OSError, ValueError, TypeError) as e:  # not writable here: the bytes travel instead
+                targets[name] = self.local.array(ref, mode="r+")
+            except (AttributeError, OSError, ValueError, TypeError) as e:  # not writable here: bytes travel
                 log.warning("task.write_in_place_failed", provider_id=self.id, output=name, error=str(e))
-                continue
+        return targets
+
+    @staticmethod
+    def _write_in_place(targets: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> list[str]:
+        """Copy results into their regions of the head's files (unless compute wrote them there itself);
+        returns the names written, which leave ``out``."""
+        written = []
+        for name, target in targets.items():
+            arr = out.get(name)
+            if arr is None or arr.shape != target.shape:
+                continue  # the head checks the shape of what it gets, and says what is wrong
+            if arr is not target:
+                try:
+                    np.copyto(target, arr, casting="same_kind")
+                except TypeError:
+                    continue
             del out[name]
             written.append(name)
         return written
@@ -333,8 +343,11 @@ class Provider:
         if FAULTS.delay.get("compute"):
             time.sleep(FAULTS.delay["compute"])  # a slow provider, for fault tests
         try:
-            out = dict(self.tasks[msg.task_type].compute(msg.params, msg.arrays, self.device.torch_name))
-            written = self._write_in_place(msg.params.get("_local_out", {}), out)
+            task = self.tasks[msg.task_type]
+            targets = self._output_targets(msg.params.get("_local_out", {}))
+            into = {"out": targets} if targets and writes_into(task) else {}
+            out = dict(task.compute(msg.params, msg.arrays, self.device.torch_name, **into))
+            written = self._write_in_place(targets, out)
             reply: protocol.Message = protocol.Result(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
                                                       elapsed=time.perf_counter() - start, arrays=out,
                                                       written=written)

@@ -10,6 +10,7 @@ so a restarted head can resume a multi-round job.
 from __future__ import annotations
 
 import abc
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -91,7 +92,12 @@ class TaskType(abc.ABC):
 
     @abc.abstractmethod
     def compute(self, params: dict[str, Any], arrays: dict[str, np.ndarray], device: str) -> dict[str, np.ndarray]:
-        """Run one shard on a provider; ``device`` is ``cpu``, ``cuda:N`` or ``mps``."""
+        """Run one shard on a provider; ``device`` is ``cpu``, ``cuda:N`` or ``mps``.
+
+        A type with ``output_targets`` may also take ``out``, a dict of writable arrays (regions of the
+        head's output files, on its machine): writing a result into ``out[name]`` and returning that
+        same array saves the copy.
+        """
 
     def merge(self, job: JobView, shard: Shard, result: dict[str, np.ndarray]) -> None:
         """Fold one shard's result into the job's outputs (called once per shard)."""
@@ -103,3 +109,8 @@ class TaskType(abc.ABC):
     def outputs(self, job: JobView) -> dict[str, np.ndarray]:
         """The job's final arrays."""
         return {}
+
+
+def writes_into(task: TaskType) -> bool:
+    """Whether ``task.compute`` takes ``out`` (see ``TaskType.compute``)."""
+    return "out" in inspect.signature(task.compute).parameters

@@ -113,3 +113,19 @@ def test_forgetting_a_job_closes_its_maps(files, tmp_path):
     assert peer._maps
     peer.forget(["j1"])
     assert not peer._maps
+
+
+def test_matmul_computes_straight_into_a_target_of_the_right_kind():
+    from common.tasks.base import writes_into
+    from common.tasks.matmul import MatmulTask
+    from common.tasks.noop import NoopTask
+
+    task = MatmulTask()
+    assert writes_into(task) and not writes_into(NoopTask())
+    a, b = np.ones((3, 4), np.float32), np.ones((4, 2), np.float32)
+    target = np.zeros((3, 2), np.float32)
+    assert task.compute({}, {"a": a, "b": b}, "cpu", out={"c": target})["c"] is target
+    assert (target == 4).all()
+    wrong = np.zeros((3, 2), np.float64)  # another dtype: a result of its own, copied (or sent) later
+    got = task.compute({}, {"a": a, "b": b}, "cpu", out={"c": wrong})["c"]
+    assert got is not wrong and got.dtype == np.float32 and not wrong.any()
