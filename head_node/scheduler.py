@@ -405,7 +405,7 @@ class Scheduler:
             return actions
         leased: dict[str, list[int]] = {}
         for p in self.providers.values():
-            for job_id, index in p.leases:
+            for job_id, index in self._computing(p):
                 if job_id in jobs:
                     leased.setdefault(job_id, []).append(index)
         for job in sorted((jobs[j] for j in leased), key=lambda j: j.order):
@@ -428,6 +428,14 @@ class Scheduler:
                 job.speculated.add(index)
                 actions.append(self._lease(job, shard, target.provider_id, now, speculative=True))
         return actions
+
+    def _computing(self, p: _Provider):
+        """The leases ``p`` is presumably computing: its ``slots`` oldest (it takes shards in the order they
+        came). The others wait in its queue, and waiting there is no sign of a straggler."""
+        if len(p.leases) <= p.slots:
+            return p.leases
+        started = {key: self.jobs[key[0]].shards[key[1]].leases[p.provider_id].started for key in p.leases}
+        return heapq.nsmallest(p.slots, started, key=started.__getitem__)
 
     # -- assignment ----------------------------------------------------------
 

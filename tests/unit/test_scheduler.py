@@ -596,3 +596,18 @@ def test_dropped_shards_are_cancelled_and_forgotten():
     assert s.job_progress("j") == (0, 1)
     actions = s.handle(TaskSucceeded(2.0, "j", 0, 0, "p"))
     assert any(isinstance(a, JobRoundDone) for a in actions)
+
+
+def test_shards_waiting_in_a_providers_queue_are_not_stragglers():
+    """p1 computes one shard at a time and holds three more in its queue (tiny shards, prefetched): only
+    the one it is computing may be copied, however long the others have waited."""
+    s = make(prefetch=3)
+    ready(s, "p1", slots=1)
+    add_job(s, "j", 20)
+    for i in range(16):  # 80 % done, the mean shard took 0.5 s
+        ok(s, "j", i, 0, "p1", now=0.5 * (i + 1) / 16)
+    assert s.running("p1") == {"j.16#0", "j.17#0", "j.18#0", "j.19#0"}
+    for idle in ("p2", "p3", "p4"):
+        ready(s, idle, slots=1, now=0.5)
+    copies = of(s.handle(Tick(3.0)), Assign)
+    assert [(a.index, a.speculative) for a in copies] == [(16, True)]
