@@ -142,7 +142,8 @@ class Outbox:
 
 
 def frames_bytes(frames: list[Any]) -> int:
-    return sum(memoryview(getattr(f, "buffer", f)).nbytes for f in frames)
+    """Bytes in ``frames`` (received ``zmq.Frame`` objects, bytes, or anything with a buffer)."""
+    return sum(len(f) if isinstance(f, (zmq.Frame, bytes)) else memoryview(f).nbytes for f in frames)
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[Any]:

@@ -294,7 +294,7 @@ class HeadNode:
             return False
         self.counters["bytes_received"] += frames_bytes(frames)
         envelope, body = split_envelope(frames)
-        uid = user_id(body[0]) if body else None
+        uid = user_id(body[0]) if body and not self.config.insecure else None  # no CURVE, no User-Id
         reply: protocol.Message
         msg = None
         try:
@@ -332,7 +332,7 @@ class HeadNode:
         except TransportError:
             return False
         self.counters["bytes_received"] += frames_bytes(frames)
-        uid = user_id(frames[0])
+        uid = user_id(frames[0]) if not self.config.insecure else None
         try:
             msg = protocol.decode(frames, limits=self.config.limits)
             frames = None  # a large result is not held twice while it is merged
