@@ -59,9 +59,13 @@ def write_upload(root: Path, arr: np.ndarray) -> str:
     name = secrets.token_hex(16) + ".npy"
     path = root / UPLOADS / name
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return name
 
 

@@ -129,3 +129,18 @@ def test_matmul_computes_straight_into_a_target_of_the_right_kind():
     wrong = np.zeros((3, 2), np.float64)  # another dtype: a result of its own, copied (or sent) later
     got = task.compute({}, {"a": a, "b": b}, "cpu", out={"c": wrong})["c"]
     assert got is not wrong and got.dtype == np.float32 and not wrong.any()
+
+
+def test_a_failed_upload_leaves_no_file_behind(tmp_path):
+    from user_client.client import _write_uploads
+
+    token = localdata.write_probe(tmp_path)
+    local = localdata.LocalFiles(tmp_path, token)
+    good = {f"a{i}": np.ones(1000) for i in range(3)}
+    written = _write_uploads(local, good)
+    assert sorted(os.listdir(tmp_path / localdata.UPLOADS)) == sorted(written.values())
+    for name in written.values():
+        (tmp_path / localdata.UPLOADS / name).unlink()
+    with pytest.raises(ValueError, match="pickle"):  # an object array cannot be saved without pickle
+        _write_uploads(local, {**good, "bad": np.array([{"x": 1}], dtype=object)})
+    assert os.listdir(tmp_path / localdata.UPLOADS) == []
