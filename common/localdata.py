@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,19 @@ def write_probe(root: Path) -> str:
     tmp.replace(path)
     (root / UPLOADS).mkdir(mode=0o700, exist_ok=True)
     return token
+
+
+def clean_uploads(root: Path, older_than: float = 3600.0) -> int:
+    """Delete uploads a client wrote but never submitted (it crashed), once they are an hour old."""
+    horizon, removed = time.time() - older_than, 0
+    for path in (root / UPLOADS).glob("*"):
+        try:
+            if path.stat().st_mtime < horizon:
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass  # taken meanwhile
+    return removed
 
 
 def write_upload(root: Path, arr: np.ndarray) -> str:

@@ -91,6 +91,8 @@ class HeadNode:
         self._next_snapshot = 0.0
         self._next_commit = 0.0
         self._local_token = localdata.write_probe(config.data_dir) if config.local_data else ""
+        if self._local_token:
+            localdata.clean_uploads(config.data_dir)
         self.keystore = KeyStore(config.data_dir)
         if not config.insecure and not self.keystore.initialized:
             self.keystore.init(default_advertise(config))

@@ -144,3 +144,11 @@ def test_a_failed_upload_leaves_no_file_behind(tmp_path):
     with pytest.raises(ValueError, match="pickle"):  # an object array cannot be saved without pickle
         _write_uploads(local, {**good, "bad": np.array([{"x": 1}], dtype=object)})
     assert os.listdir(tmp_path / localdata.UPLOADS) == []
+
+
+def test_uploads_never_submitted_are_cleaned_once_old(tmp_path):
+    localdata.write_probe(tmp_path)
+    old, new = (localdata.write_upload(tmp_path, np.ones(3)) for _ in range(2))
+    os.utime(tmp_path / localdata.UPLOADS / old, (0, 0))
+    assert localdata.clean_uploads(tmp_path) == 1
+    assert os.listdir(tmp_path / localdata.UPLOADS) == [new]
