@@ -210,6 +210,26 @@ class ProviderChannel:
 
     # -- arrays providers hold -------------------------------------------------
 
+    def payload(self, provider_id: str, job: "Job", shard) -> tuple[dict, dict]:
+        """What a task for ``shard`` carries to this provider: its params and the arrays that travel.
+
+        A provider on our machine gets references into the job's files for inputs and output blocks
+        (common/localdata.py); others get the arrays, less those they hold from earlier shards.
+        """
+        arrays = job.task.inputs(job, shard)
+        params = shard.params
+        if self.is_local(provider_id):
+            refs = job.files.locate({n: v for n, v in arrays.items() if not callable(v)})
+            targets = job.files.locate(job.task.output_targets(job, shard))
+            for name in refs:
+                del arrays[name]
+            if refs or targets:
+                params = {**params, "_local": refs, "_local_out": targets}
+                self.head.counters["local_arrays_sent"] += len(refs)
+        keys = {n: k for n, k in job.task.cache_keys(job, shard).items() if n in arrays}
+        params = self.use_cache(provider_id, keys, params, arrays)
+        return params, {name: value() if callable(value) else value for name, value in arrays.items()}
+
     def use_cache(self, provider_id: str, keys: dict[str, str], params: dict, arrays: dict) -> dict:
         """Leave out arrays the provider holds; ask it to keep the ones it may reuse. Returns the task params."""
         info = self.registry.get(provider_id)

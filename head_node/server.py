@@ -404,19 +404,7 @@ class HeadNode:
         if job.status == "queued":
             job.status, job.started_at = "running", time.time()
             self.journal.update_job(job)
-        arrays = job.task.inputs(job, shard)
-        params = shard.params
-        if self.providers.is_local(a.provider_id):  # it maps our files: references instead of bytes
-            refs = job.files.locate({n: v for n, v in arrays.items() if not callable(v)})
-            targets = job.files.locate(job.task.output_targets(job, shard))
-            for name in refs:
-                del arrays[name]
-            if refs or targets:
-                params = {**params, "_local": refs, "_local_out": targets}
-                self.counters["local_arrays_sent"] += len(refs)
-        keys = {n: k for n, k in job.task.cache_keys(job, shard).items() if n in arrays}
-        params = self.providers.use_cache(a.provider_id, keys, params, arrays)
-        arrays = {name: value() if callable(value) else value for name, value in arrays.items()}  # only what travels
+        params, arrays = self.providers.payload(a.provider_id, job, shard)
         msg = protocol.Task(task_id=task_id_of(job.job_id, a.index), job_id=job.job_id, attempt=a.attempt,
                             task_type=job.task_type, index=a.index, params=params, arrays=arrays)
         self.publish(a.provider_id, msg)
