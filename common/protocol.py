@@ -3,7 +3,8 @@
 Frames are ``[topic (PUB only), header, array frames...]``. The header is a
 msgpack map ``{v, type, id, token, body, arrays}``; ``body`` holds the
 message's fields and ``arrays`` describes the frames that follow (see
-``common.codec``). Nothing else in zcompute builds or parses frames.
+``common.codec``) and ``common.bodycheck`` checks each body against its
+dataclass. Nothing else in zcompute builds or parses frames.
 """
 
 from __future__ import annotations
@@ -12,20 +13,18 @@ import dataclasses
 import enum
 import itertools
 import os
-import types
-import typing
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
 
+from common.bodycheck import body_checker
 from common.codec import DEFAULT_LIMITS, Limits, check_array_meta, decode_array, encode_array, frame_count
 from common.errors import DecodeError
 
 VERSION = 1
-_MAX_DEPTH = 8
 
 
 class MsgType(str, enum.Enum):
@@ -414,67 +413,11 @@ def unbatch(msg: Batch) -> list[Message]:
 MESSAGES: dict[MsgType, type[Message]] = {
     cls.type: cls for cls in Message.__subclasses__()  # every concrete message above
 }
-_BASE_FIELDS = {"id", "token", "arrays"}
-
-
-def _body_fields(cls: type[Message]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in _BASE_FIELDS}
-
-
-_FIELDS = {t: _body_fields(cls) for t, cls in MESSAGES.items()}
-
-
-def _checker(hint: Any) -> Callable[[Any], bool]:
-    """A predicate for values of the type ``hint`` (made once per field, used on every message)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [_checker(h) for h in typing.get_args(hint)]
-        return lambda v: any(ok(v) for ok in options)
-    if hint is type(None):
-        return lambda v: v is None
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        if item is Any:
-            return lambda v: isinstance(v, list)
-        item_ok = _checker(item)
-        return lambda v: isinstance(v, list) and all(item_ok(x) for x in v)
-    if hint is Any:
-        return lambda v: True
-    if hint is float:
-        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if hint is int:
-        return lambda v: isinstance(v, int) and not isinstance(v, bool)
-    return lambda v: isinstance(v, hint)
-
-
-def _may_nest(hint: Any) -> bool:
-    """Whether a value of this type can hold maps or lists (and so needs the depth check)."""
-    if hint in (dict, list, Any) or typing.get_origin(hint) in (list, dict):
-        return True
-    return typing.get_origin(hint) in (typing.Union, types.UnionType) and any(map(_may_nest, typing.get_args(hint)))
-
-
-def _required(cls: type[Message]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls) if f.name not in _BASE_FIELDS
-                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-
-
-_CHECKS = {t: {name: _checker(hint) for name, hint in fields.items()} for t, fields in _FIELDS.items()}
-_REQUIRED = {t: _required(cls) for t, cls in MESSAGES.items()}
-# a batch's items are checked one by one in unbatch(), each against the same limit
-_NESTING = {t: frozenset(n for n, h in fields.items() if _may_nest(h) and not (t is MsgType.BATCH and n == "items"))
-            for t, fields in _FIELDS.items()}
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if level > _MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+_BASE_FIELDS = {"id", "token", "arrays"}  # in the header; the other fields make the body
+_FIELDS = {t: tuple(f.name for f in dataclasses.fields(cls) if f.name not in _BASE_FIELDS)
+           for t, cls in MESSAGES.items()}
+# a batch's items are checked one by one in unbatch(), each against the same depth limit
+_checked = body_checker(MESSAGES, _FIELDS, shallow={(MsgType.BATCH, "items")})
 
 
 def encode(msg: Message, topic: str | None = None, compression: str = "auto") -> list[Any]:
@@ -559,25 +502,3 @@ def _build(mtype: MsgType, msg_id: Any, token: str | None, body: Any, arrays: di
     """The message of type ``mtype`` from its parts, every field checked."""
     return _checked(mtype, msg_id, body)(id=msg_id, token=token, arrays=arrays, **body)
 
-
-def _checked(mtype: MsgType, msg_id: Any, body: Any) -> type[Message]:
-    """The class of a message whose id and body are well formed; raises ``DecodeError`` if not."""
-    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 128:
-        raise DecodeError("message id must be a non-empty string")
-    if not isinstance(body, dict):
-        raise DecodeError("body must be a map")
-    checks = _CHECKS[mtype]
-    if not all(isinstance(k, str) for k in body):
-        raise DecodeError(f"{mtype.value}: body keys must be strings")
-    unknown = body.keys() - checks.keys()
-    if unknown:
-        raise DecodeError(f"{mtype.value}: unknown fields {sorted(unknown)}")
-    if any(_depth(body[n], 1) > _MAX_DEPTH for n in _NESTING[mtype] if n in body):
-        raise DecodeError(f"body is nested deeper than {_MAX_DEPTH} levels")
-    missing = _REQUIRED[mtype] - body.keys()
-    if missing:
-        raise DecodeError(f"{mtype.value}: missing fields {sorted(missing)}")
-    for name, value in body.items():
-        if not checks[name](value):
-            raise DecodeError(f"{mtype.value}: field {name!r} has the wrong type")
-    return MESSAGES[mtype]

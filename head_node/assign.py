@@ -7,10 +7,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from head_node.scheduler import _Job, _Provider, _Shard
+from head_node.ledger import _Job, _Provider, _Shard
 
 AFFINITY_LOOKAHEAD = 256  # pending shards looked at for one whose inputs a provider already holds
 

@@ -10,8 +10,6 @@ current attempt (fencing), so shards run at least once and merge exactly once.
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from dataclasses import dataclass, field
 
 from head_node.assign import Candidates, held_inputs_first
 from head_node.events import (
@@ -19,71 +17,14 @@ from head_node.events import (
     Merge, ProviderDead, ProviderDraining, ProviderLeft, ProviderReady, ProviderSeen, Republish,
     SchedulerConfig, ShardsAdded, ShardsDropped, TaskAccepted, TaskFailed, TaskSucceeded, Tick, key_of, parse_key,
 )
+from head_node.ledger import _Job, _Lease, _Provider, _Shard
+from head_node.speculate import copies
 
 __all__ = ["Scheduler", "SchedulerConfig"]
 
-MIN_STRAGGLE_SECONDS = 0.5  # a shard of milliseconds is not copied because of a jitter of milliseconds
 #: leases one event may make: a burst (thousands of tiny shards when their allowance grows) goes out a part
 #: per tick, so the head's loop serves heartbeats in between
 LEASE_BURST = 256
-
-
-@dataclass
-class _Provider:
-    provider_id: str
-    slots: int
-    task_types: frozenset[str]
-    last_seen: float
-    state: str = "ready"  # ready | suspect | draining
-    leases: set[tuple[str, int]] = field(default_factory=set)  # (job_id, index)
-    holds: dict[str, set[str]] = field(default_factory=dict)  # job_id -> affinity keys of shards leased to it
-    seq: int = 0  # registration order: ties go to the first registered
-
-    def free(self, extra: int) -> int:
-        """Shards it may take now, holding ``extra`` beyond its slots."""
-        return self.slots + extra - len(self.leases) if self.state == "ready" else 0
-
-
-@dataclass
-class _Lease:
-    provider_id: str
-    attempt: int
-    started: float
-    ack_deadline: float
-    accepted: bool = False
-
-
-@dataclass
-class _Shard:
-    index: int
-    attempt: int = 0
-    done: bool = False
-    recovered: bool = False  # pending after a head restart: any provider's result for this attempt counts
-    failures: int = 0
-    leases: dict[str, _Lease] = field(default_factory=dict)  # provider_id -> lease (2 while speculating)
-    excluded: set[str] = field(default_factory=set)
-    affinity: str | None = None  # the inputs it shares with other shards (their cache keys)
-
-
-@dataclass
-class _Job:
-    job_id: str
-    task_type: str
-    priority: int
-    seq: int
-    shards: dict[int, _Shard] = field(default_factory=dict)
-    pending: deque[int] = field(default_factory=deque)
-    duration_sum: float = 0.0  # lease-to-result seconds of finished shards, for the straggler threshold
-    duration_count: int = 0
-    compute_ewma: float | None = None  # provider-measured compute seconds per shard (recent)
-    done: int = 0
-    speculated: set[int] = field(default_factory=set)
-    round: set[int] = field(default_factory=set)  # the latest batch of shards (a round of a multi-round job)
-    round_done: int = 0
-
-    @property
-    def order(self) -> tuple[int, int]:
-        return (-self.priority, self.seq)
 
 
 class Scheduler:
@@ -395,47 +336,12 @@ class Scheduler:
         return actions
 
     def _speculate(self, now: float) -> list[Action]:
-        """A copy of a straggling shard for an idle provider; the first result wins. Higher priority first."""
-        cfg, actions = self.config, []
-        # jobs "over 75 % done" (of the current round), with a mean shard time to compare against
-        jobs = {job.job_id: job for job in self.jobs.values()
-                if job.duration_count and job.round_done > cfg.speculate_after * len(job.round)}
-        idle = [p for p in self.providers.values() if p.state == "ready" and not p.leases] if jobs else []
-        if not idle:
-            return actions
-        leased: dict[str, list[int]] = {}
-        for p in self.providers.values():
-            for job_id, index in self._computing(p):
-                if job_id in jobs:
-                    leased.setdefault(job_id, []).append(index)
-        for job in sorted((jobs[j] for j in leased), key=lambda j: j.order):
-            threshold = max(MIN_STRAGGLE_SECONDS, cfg.straggler_factor * job.duration_sum / job.duration_count)
-            copies = None
-            for index in leased[job.job_id]:
-                shard = job.shards[index]
-                if len(shard.leases) != 1 or index in job.speculated:
-                    continue
-                lease, = shard.leases.values()
-                if now - lease.started <= threshold:
-                    continue
-                if not self._leases_left:
-                    return actions
-                if copies is None:  # idle still: an earlier job's copies may have taken some
-                    copies = Candidates([p for p in idle if not p.leases], job.task_type, self._extra_leases(job))
-                target = copies.take(shard)
-                if target is None:
-                    break
-                job.speculated.add(index)
-                actions.append(self._lease(job, shard, target.provider_id, now, speculative=True))
+        """Copies of straggling shards for idle providers (``speculate.py``); the first result wins."""
+        actions: list[Action] = []
+        for job, shard, p in copies(self.jobs, self.providers, self.config, now, self._leases_left, self._extra_leases):
+            job.speculated.add(shard.index)
+            actions.append(self._lease(job, shard, p.provider_id, now, speculative=True))
         return actions
-
-    def _computing(self, p: _Provider):
-        """The leases ``p`` is presumably computing: its ``slots`` oldest (it takes shards in the order they
-        came). The others wait in its queue, and waiting there is no sign of a straggler."""
-        if len(p.leases) <= p.slots:
-            return p.leases
-        started = {key: self.jobs[key[0]].shards[key[1]].leases[p.provider_id].started for key in p.leases}
-        return heapq.nsmallest(p.slots, started, key=started.__getitem__)
 
     # -- assignment ----------------------------------------------------------
 
