@@ -22,9 +22,7 @@ import hashlib
 import os
 import re
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,6 @@ import numpy as np
 
 PROBE_FILE = "local-probe"
 UPLOADS = "uploads"  # clients on the head's machine write submitted arrays here
-_MAPS_KEPT = 64  # open file maps a peer keeps (one per job file in use)
 UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.npy$")
 _byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds")  # moved in numpy 2
 
@@ -132,13 +129,15 @@ def locate(arr: Any, files: dict[str, np.ndarray], root: Path) -> dict[str, Any]
 
 
 class LocalFiles:
-    """A peer's view of the head's data directory: opens references, keeps a few file maps open."""
+    """A peer's view of the head's data directory: opens references.
+
+    Each array maps its file afresh and unmaps it when the array is dropped (after its task), so a
+    provider's resident memory holds the pages of the shard at hand, not of every file it has read.
+    """
 
     def __init__(self, root: str | Path, token: str):
         self.root = Path(root).resolve()
         self.proof = proof_of(token)
-        self._maps: OrderedDict[tuple[str, str], np.memmap] = OrderedDict()
-        self._lock = threading.Lock()  # the receiving thread opens inputs while compute threads write outputs
 
     def array(self, ref: dict[str, Any], mode: str = "r") -> np.ndarray:
         """The referenced region; ``mode`` "r" (read), "r+" (write through) or "c" (private copy on write)."""
@@ -152,19 +151,5 @@ class LocalFiles:
             raise ValueError(f"local array reference {ref['file']!r} is outside the head's data directory")
         if dtype.hasobject or any(s < 0 for s in strides) or offset < 0:
             raise ValueError(f"bad local array reference {ref!r}")
-        key = (str(path), mode)
-        with self._lock:
-            mm = self._maps.get(key)
-            if mm is None:
-                mm = self._maps[key] = np.memmap(path, dtype=np.uint8, mode=mode)
-                while len(self._maps) > _MAPS_KEPT:
-                    self._maps.popitem(last=False)
-            self._maps.move_to_end(key)
+        mm = np.memmap(path, dtype=np.uint8, mode=mode)
         return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset, strides=strides)
-
-    def forget(self, job_ids) -> None:
-        """Close the maps of finished jobs' files."""
-        prefixes = tuple(str(self.root / "jobs" / job_id) + os.sep for job_id in job_ids)
-        with self._lock:
-            for key in [k for k in self._maps if k[0].startswith(prefixes)]:
-                del self._maps[key]

@@ -163,7 +163,7 @@ class Provider:
         self.heartbeat = HeartbeatThread(
             self.ctx, self.config.head.url("heartbeat"), self.id, self.book,
             interval=self.interval, timeout=max(t.request_timeout, self.interval), on_unknown=self._on_unknown,
-            on_cancel=self.book.cancel, on_forget=self._forget_jobs, stop=self.stop_event,
+            on_cancel=self.book.cancel, on_forget=self.cache.forget_jobs, stop=self.stop_event,
             limits=self.config.limits,
             draining_fn=self.draining.is_set, curve=self.curve, token=self.token)
         self.heartbeat.epoch = self.epoch
@@ -295,11 +295,6 @@ class Provider:
             if name in arrays:
                 self.cache.put(key, arrays[name])
         return arrays
-
-    def _forget_jobs(self, job_ids) -> None:
-        self.cache.forget_jobs(job_ids)
-        if self.local is not None:
-            self.local.forget(job_ids)
 
     def _local_inputs(self, refs: dict) -> dict[str, np.ndarray]:
         if refs and self.local is None:

@@ -104,15 +104,14 @@ def test_upload_names_are_checked(tmp_path):
         localdata.upload_path(tmp_path, link.name)
 
 
-def test_forgetting_a_job_closes_its_maps(files, tmp_path):
+def test_a_map_lives_as_long_as_its_array(files, tmp_path):
     job, _ = files
-    peer = localdata.LocalFiles(tmp_path, "t")
-    peer.array(job.locate({"a": job.input("a")})["a"])
-    assert peer._maps
-    peer.forget(["other"])
-    assert peer._maps
-    peer.forget(["j1"])
-    assert not peer._maps
+    import weakref
+    arr = localdata.LocalFiles(tmp_path, "t").array(job.locate({"a": job.input("a")})["a"])
+    mm = weakref.ref(arr.base)
+    assert mm() is not None
+    del arr
+    assert mm() is None  # unmapped with its array: a provider's RSS holds the shard at hand only
 
 
 def test_matmul_computes_straight_into_a_target_of_the_right_kind():
