@@ -80,6 +80,13 @@ def write_upload(root: Path, arr: np.ndarray) -> str:
     return name
 
 
+def discard_uploads(root: Path, names) -> None:
+    """Delete these uploads (names that are not upload names are ignored)."""
+    for name in names:
+        if isinstance(name, str) and UPLOAD_NAME.match(name):
+            (root / UPLOADS / name).unlink(missing_ok=True)
+
+
 def upload_path(root: Path, name: Any) -> Path:
     """The file a client named in ``submit.local_arrays``; ValueError unless it is a plain upload there."""
     if not isinstance(name, str) or not UPLOAD_NAME.match(name):

@@ -123,9 +123,7 @@ class ClientApi:
         try:
             return {name: localdata.upload_path(root, file) for name, file in msg.local_arrays.items()}
         except ValueError as e:
-            for file in msg.local_arrays.values():  # what did arrive is not kept
-                if isinstance(file, str) and localdata.UPLOAD_NAME.match(file):
-                    (root / localdata.UPLOADS / file).unlink(missing_ok=True)
+            localdata.discard_uploads(root, msg.local_arrays.values())  # what did arrive is not kept
             raise ValidationError(str(e)) from None
 
     def _submit(self, msg: protocol.Submit, principal: "Principal", uploads: dict[str, Path],
@@ -216,8 +214,7 @@ class ClientApi:
         arrays = job.task.outputs(job) if job.status == "succeeded" else {}
         local = job.files.locate(arrays) if msg.local and self.head.config.local_data else {}
         local = {name: ref for name, ref in local.items() if ref["shape"] == list(arrays[name].shape)}
-        if local:  # whole output files: the client on this machine maps them
-            job.files.flush()
+        if local:  # whole output files: the client on this machine maps them (the page cache is shared)
             self.head.counters["local_fetches"] += len(local)
         arrays = {name: arr for name, arr in arrays.items() if name not in local}
         return protocol.JobResult(job=job.summary(), meta=dict(job.state), arrays=arrays, local_arrays=local)

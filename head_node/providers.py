@@ -188,16 +188,14 @@ class ProviderChannel:
         self.head.decide(event, result=msg)
 
     def _on_failure(self, msg: protocol.Failure, principal: "Principal") -> None:
-        if msg.code == "local_unavailable":  # it cannot open our files after all: send it bytes from now on
-            event = self._task_event(TaskFailed, msg, principal, error="local_unavailable", counted=False)
-            self.registry[msg.provider_id].local = False
-            self.log.warning("provider.not_local", provider_id=msg.provider_id, error=msg.error)
-            self.head.decide(event)
-            return
-        if msg.code == "cache_miss":  # it evicted something we thought it held: resend, no penalty
-            event = self._task_event(TaskFailed, msg, principal, error="cache_miss", counted=False)
+        if msg.code in ("cache_miss", "local_unavailable"):  # our belief about it was wrong: resend, no penalty
+            event = self._task_event(TaskFailed, msg, principal, error=msg.code, counted=False)
             info = self.registry[msg.provider_id]
-            info.cached = {k for k in info.cached if not k.startswith(f"{event.job_id}/")}
+            if msg.code == "cache_miss":  # it evicted something we thought it held
+                info.cached = {k for k in info.cached if not k.startswith(f"{event.job_id}/")}
+            else:  # it cannot open our files after all: send it bytes from now on
+                info.local = False
+                self.log.warning("provider.not_local", provider_id=msg.provider_id, error=msg.error)
             self.head.decide(event)
             return
         event = self._task_event(TaskFailed, msg, principal, error=msg.error)

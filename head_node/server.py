@@ -77,8 +77,7 @@ class HeadNode:
         self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.journal = Journal(config.data_dir / "journal.sqlite")
         self.events = EventLog(config.data_dir / "jobs")
-        self._unjournaled: dict[str, list[tuple[int, str]]] = {}  # merged shards awaiting a group commit
-        self._uncommitted: set[tuple[str, int]] = set()  # the same, as (job, index)
+        self._unjournaled: dict[tuple[str, int], str] = {}  # merged shards awaiting a group commit -> provider
         self._in_batch = False  # handling a batch of results: assignments wait for its end
         self.ctx = zmq.Context()
         self._stop = threading.Event()
@@ -90,8 +89,12 @@ class HeadNode:
         self._http = None
         self._next_snapshot = 0.0
         self._next_commit = 0.0
-        self._local_token = localdata.write_probe(config.data_dir) if config.local_data else ""
-        if self._local_token:
+        self._local_offer: dict[str, str] = {}  # what registered/stats_reply tell a peer on this machine
+        self._local_proof = ""  # what such a peer answers
+        if config.local_data:
+            token = localdata.write_probe(config.data_dir)
+            self._local_offer = {"local_dir": str(config.data_dir.resolve()), "local_check": localdata.check_of(token)}
+            self._local_proof = localdata.proof_of(token)
             localdata.clean_uploads(config.data_dir)
         self.keystore = KeyStore(config.data_dir)
         if not config.insecure and not self.keystore.initialized:
@@ -107,12 +110,10 @@ class HeadNode:
 
     def local_offer(self) -> dict[str, str]:
         """The fields of ``registered`` and ``stats_reply`` that let a peer on this machine prove it is."""
-        if not self._local_token:
-            return {}
-        return {"local_dir": str(self.config.data_dir.resolve()), "local_check": localdata.check_of(self._local_token)}
+        return self._local_offer
 
     def is_local_proof(self, proof: str) -> bool:
-        return bool(self._local_token and proof) and secrets.compare_digest(proof, localdata.proof_of(self._local_token))
+        return bool(self._local_proof and proof) and secrets.compare_digest(proof, self._local_proof)
 
     # -- sockets -------------------------------------------------------------
 
@@ -283,10 +284,9 @@ class HeadNode:
         if not self._unjournaled:
             return
         batch, self._unjournaled = self._unjournaled, {}
-        self._uncommitted = set()
-        for job_id in batch:
+        for job_id in {job_id for job_id, _ in batch}:
             self.jobs[job_id].files.flush()
-        self.journal.shards_done([(job_id, i, name) for job_id, done in batch.items() for i, name in done])
+        self.journal.shards_done([(job_id, i, name) for (job_id, i), name in batch.items()])
 
     def _serve_request(self, sock: zmq.Socket, handlers: dict[MsgType, Handler]) -> bool:
         try:
@@ -322,11 +322,14 @@ class HeadNode:
             reply = protocol.Error(code="internal", message=f"internal error: {e!r}")
         if msg is not None:
             reply.id = msg.id  # a resent request (Lazy Pirate) and its answer share the id
+        self._reply(sock, envelope, reply)
+        return True
+
+    def _reply(self, sock: zmq.Socket, envelope: list, reply: protocol.Message) -> None:
         try:
             self.counters["bytes_sent"] += send(sock, reply, envelope=envelope, compression=self.config.compression)
         except TransportError as e:
             self.log.warning("head.reply_failed", error=str(e))
-        return True
 
     def _serve_results(self, sock: zmq.Socket) -> bool:
         try:
@@ -447,12 +450,11 @@ class HeadNode:
         job.done += 1
         job.round_merged.add(a.index)
         name = self.providers.count_done(a.provider_id, job)
-        self._unjournaled.setdefault(job.job_id, []).append((a.index, name))
-        self._uncommitted.add((job.job_id, a.index))
+        self._unjournaled[job.job_id, a.index] = name
 
     def committed(self, job_id: str, index: int) -> bool:
         """Is this merged shard journaled done (not awaiting the next group commit)?"""
-        return (job_id, index) not in self._uncommitted
+        return (job_id, index) not in self._unjournaled
 
     def decide(self, event, result: protocol.Result | None = None) -> None:
         """Hand ``event`` to the scheduler and carry out its actions; within a batch of results the new
@@ -494,11 +496,7 @@ class HeadNode:
 
     def _answer_held(self, replies: list[tuple[list, protocol.Message]]) -> None:
         for envelope, reply in replies:
-            try:
-                self.counters["bytes_sent"] += send(self.sockets["api"], reply, envelope=envelope,
-                                                    compression=self.config.compression)
-            except TransportError as e:
-                self.log.warning("head.reply_failed", error=str(e))
+            self._reply(self.sockets["api"], envelope, reply)
 
     def all_counters(self) -> dict[str, int]:
         """The head's counters plus the array byte counts, both ways, before and after compression."""

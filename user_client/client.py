@@ -104,8 +104,8 @@ class Client:
         try:
             reply = self.request(msg)
         except BaseException:
-            for name in msg.local_arrays.values():  # the head deletes what it refused; this is for the unsent
-                (local.root / localdata.UPLOADS / name).unlink(missing_ok=True)
+            if local is not None:  # the head deletes what it refused; this is for the unsent
+                localdata.discard_uploads(local.root, msg.local_arrays.values())
             raise
         return JobHandle(self, reply.job_id)
 
@@ -185,8 +185,7 @@ def _write_uploads(local: localdata.LocalFiles, arrays: dict[str, np.ndarray]) -
         futures = {name: pool.submit(localdata.write_upload, local.root, arr) for name, arr in arrays.items()}
     written = {name: f.result() for name, f in futures.items() if f.exception() is None}
     if len(written) < len(futures):
-        for file in written.values():
-            (local.root / localdata.UPLOADS / file).unlink(missing_ok=True)
+        localdata.discard_uploads(local.root, written.values())
         raise next(f.exception() for f in futures.values() if f.exception() is not None)
     return written
 
