@@ -22,7 +22,9 @@ False deaths are the head's own count (``providers_dead`` in its stats, ``provid
 log) and the "unknown provider" heartbeat replies the simulators got; no simulated provider ever stops,
 so every one is false. A heartbeat round trip runs from the simulator's send to the moment its loop saw
 the reply, so a busy simulator adds to it (its beat lag, how late it sent a beat that was due, shows how
-busy). CPU and RSS per provider: (idle with PROVIDERS - alone) / PROVIDERS. The machine's load average
+busy). The head's share of it is measured inside the head (head_node/loopwatch.py): the busy time of its
+loop between two turns at the heartbeat queue, the longest a heartbeat can have waited there; its p99 per
+phase is read from /api/state as the upper bound of a histogram bucket. CPU and RSS per provider: (idle with PROVIDERS - alone) / PROVIDERS. The machine's load average
 is recorded: other work on it skews every figure. ``--py-spy`` samples the head in the idle and shard
 phases; ``--head-tree`` runs the head from another checkout, to measure a change before it is made.
 Writes bench/results/scale.json.
@@ -126,6 +128,13 @@ class Head:
     def rss(self) -> int:
         return self.ps.memory_info().rss
 
+    def heartbeat_wait(self) -> dict[str, Any] | None:
+        """The head's loop watch (head_node/loopwatch.py) from /api/state; None without the HTTP server."""
+        if not self.http_port:
+            return None
+        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/api/state", timeout=30) as r:
+            return json.load(r).get("heartbeat_wait")
+
     def provider_states(self, client) -> dict[str, int]:
         """State -> count, from /api/state (at 1,000 providers list_providers is over the header limit)."""
         if self.http_port:
@@ -159,11 +168,23 @@ def _free_port() -> int:
 
 
 class Window:
-    """CPU seconds per wall second of the head (and of the simulators) over a phase."""
+    """CPU seconds per wall second of the head (and of the simulators) over a phase, and how long the head's
+    loop left heartbeats waiting in it."""
 
     def __init__(self, head: Head, sims=None):
         self.head, self.sims, self.t0 = head, sims, time.monotonic()
         self.cpu0, self.sim0 = head.cpu_s(), sims.cpu_s() if sims else 0.0
+        self.wait0 = head.heartbeat_wait()
+
+    def wait_p99_ms(self) -> float | None:
+        """p99 of the head's busy time between turns at its heartbeat queue (a bucket's upper bound)."""
+        from head_node.loopwatch import quantile
+
+        now = self.head.heartbeat_wait()
+        if now is None or self.wait0 is None:
+            return None
+        p99 = quantile([b - a for a, b in zip(self.wait0["counts"], now["counts"])], now["bounds"], 0.99)
+        return None if p99 is None else p99 * 1000
 
     def seconds(self) -> float:
         return time.monotonic() - self.t0
@@ -268,7 +289,8 @@ def _idle(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any]:
              f"RSS {_mib(timeline[-1]['rss'])}, dead so far {dead}")
     profile.stop()
     return {"cpu_cores": window.cores(), "sim_cpu_cores": window.sim_cores(), "rss": head.rss(), "rss_start": rss_start,
-            "seconds": window.seconds(), "timeline": timeline, "states": head.provider_states(client)}
+            "seconds": window.seconds(), "timeline": timeline, "states": head.provider_states(client),
+            "head_wait_p99_ms": window.wait_p99_ms()}
 
 
 def _shards(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any]:
@@ -279,11 +301,13 @@ def _shards(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any
     summaries, gave_up, peak = _wait_jobs(handles, head, args)
     elapsed = time.perf_counter() - start
     profile.stop()
+    wait_p99 = window.wait_p99_ms()
     done = sum(s["done"] for s in summaries)
     _say(f"shards: {done} of {args.shards} in {elapsed:.1f} s = {done / elapsed:.0f}/s, head {window.cores():.3f} "
          f"cores" + (f"; GAVE UP: {gave_up}" if gave_up else ""))
     return {"seconds": elapsed, "done": done, "per_s": done / elapsed, "cpu_cores": window.cores(),
             "sim_cpu_cores": window.sim_cores(), "rss": head.rss(), "peak_rss": peak, "gave_up": gave_up,
+            "head_wait_p99_ms": wait_p99,
             "providers_used": len({name for s in summaries for name in s["shards_by_provider"]}),
             "jobs": [{k: s[k] for k in ("job_id", "status", "total", "done", "elapsed", "reruns", "speculated")}
                      for s in summaries]}
@@ -399,6 +423,10 @@ def _sim_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "register_p99_s": _percentile(register, 99)}
 
 
+def _ms(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
 def _rows(args: argparse.Namespace, d: dict[str, Any]) -> list[dict[str, Any]]:
     sims, n = d["sims"], args.providers
     phases, canary = sims["phases"], sims["canary_phases"]
@@ -431,6 +459,8 @@ def _rows(args: argparse.Namespace, d: dict[str, Any]) -> list[dict[str, Any]]:
             None if canary_shards != canary_shards else canary_shards < HEARTBEAT_P99_MS, "ms"),  # nan: no beat
         row("heartbeat p99, after the shards", "", tail.get("rtt_p99_ms"), unit="ms"),
         row("heartbeat max, any phase", "", max((p["rtt_max_ms"] for p in phases.values()), default=nan), unit="ms"),
+        row("head's share: heartbeat queue wait p99, idle / shards", "",
+            f"≤ {_ms(d['idle'].get('head_wait_p99_ms'))} / ≤ {_ms(d['shards'].get('head_wait_p99_ms'))}", unit="ms"),
         row("simulators' beat lag p99, idle / shards", "",
             f"{idle.get('lag_p99_ms', nan):.0f} / {shards.get('lag_p99_ms', nan):.0f}", unit="ms"),
         row("head CPU, idle", "< 0.5", d["idle"]["cpu_cores"], d["idle"]["cpu_cores"] < IDLE_CPU_CORES, "cores"),

@@ -110,6 +110,8 @@ class SnapshotCollector(Collector):
         yield from self._faults(counters, http_failures)
         yield from self._bytes(fig)
         yield from self._providers(snap.get("providers", []), fig)
+        if "heartbeat_wait" in snap:
+            yield _wait_histogram(snap["heartbeat_wait"])
         events = CounterMetricFamily("zcompute_head_events", "Every head counter, by name (a fixed set).",
                                      labels=["event"])
         for name, value in sorted(counters.items()):
@@ -227,6 +229,18 @@ def _latency_histogram(jobs: list[dict[str, Any]]) -> HistogramMetricFamily:
     for task_type, values in sorted(by_type.items()):
         buckets = [(_bucket_name(b), sum(1 for v in values if v <= b)) for b in LATENCY_BUCKETS]
         hist.add_metric([task_type], buckets, sum_value=sum(values))
+    return hist
+
+
+def _wait_histogram(wait: dict[str, Any]) -> HistogramMetricFamily:
+    hist = HistogramMetricFamily("zcompute_head_heartbeat_wait_seconds",
+                                 "Busy time of the head's loop between two turns at its heartbeat queue: "
+                                 "the longest a heartbeat waited there.")
+    cumulative, buckets = 0, []
+    for bound, count in zip(wait["bounds"], wait["counts"]):
+        cumulative += count
+        buckets.append((_bucket_name(math.inf if bound is None else bound), cumulative))
+    hist.add_metric([], buckets, sum_value=wait["sum"])
     return hist
 
 

@@ -34,6 +34,7 @@ from head_node.jobs import Job
 from head_node.eventlog import EventLog
 from head_node.guard import SocketGuard
 from head_node.journal import Journal
+from head_node.loopwatch import LoopWatch
 from head_node.recovery import recover
 from head_node.providers import ProviderChannel
 from head_node.scheduler import Scheduler
@@ -79,6 +80,7 @@ class HeadNode:
         self.events = EventLog(config.data_dir / "jobs")
         self._unjournaled: dict[tuple[str, int], str] = {}  # merged shards awaiting a group commit -> provider
         self._in_batch = False  # handling a batch of results: assignments wait for its end
+        self.loop_watch = LoopWatch(self.log)  # how long heartbeats may wait while the loop is busy
         self.ctx = zmq.Context()
         self._stop = threading.Event()
         self.ready = threading.Event()
@@ -177,7 +179,7 @@ class HeadNode:
         poller = zmq.Poller()
         for sock in routes:
             poller.register(sock, zmq.POLLIN)
-        heartbeats = self.sockets["heartbeat"]
+        heartbeats, watch = self.sockets["heartbeat"], self.loop_watch
 
         def drain(sock: zmq.Socket) -> None:
             """Serve what ``sock`` has queued: heartbeats all (they are cheap and decide who is alive; a tick's
@@ -193,14 +195,19 @@ class HeadNode:
                 except Exception as e:  # nothing one message does may stop the head
                     self.counters["internal_errors"] += 1
                     self.log.exception("head.loop_error", error=repr(e))
+            if beats:
+                watch.turn()
 
         http = self._http
         self.ready.set()
         next_tick = time.monotonic()
         try:
             while not self._stop.is_set():
-                timeout = max(0.0, next_tick - time.monotonic())
-                for sock, _ in poller.poll(timeout * 1000):
+                waiting = time.monotonic()
+                timeout = max(0.0, next_tick - waiting)
+                events = poller.poll(timeout * 1000)
+                watch.idle(time.monotonic() - waiting)
+                for sock, _ in events:
                     drain(heartbeats)  # before and after every other socket's batch, and ahead of the flush
                     if sock is not heartbeats:
                         drain(sock)
@@ -208,7 +215,7 @@ class HeadNode:
                     self.flush()  # what handling these messages assigned, one batch per provider
                 if time.monotonic() >= next_tick:
                     drain(heartbeats)  # no provider is judged silent while its heartbeat waits in our queue
-                    self.tick()
+                    self.tick(between=lambda: drain(heartbeats))
                     self.flush()
                     next_tick = time.monotonic() + TICK_SECONDS
         finally:
@@ -247,15 +254,19 @@ class HeadNode:
         self.ctx.term()
         self.log.info("head.stopped", epoch=self.epoch)
 
-    def tick(self) -> None:
+    def tick(self, between: Callable[[], None] = lambda: None) -> None:
+        """Timers: leases and liveness, rounds, the group commit, the dashboard's snapshot; ``between`` runs
+        between these steps (the loop serves its heartbeats there, so a long tick does not hold them)."""
         now = time.monotonic()
         self._answer_held(self.api.due(now))
         self.apply(self.sched.handle(Tick(now)))
         self.providers.send_probes()
         self._close_late_rounds(now)
+        between()
         if now >= self._next_commit:
             self._next_commit = now + COMMIT_SECONDS
             self.commit_done()
+            between()
         self.events.flush()
         if self.config.http_port and now >= self._next_snapshot:
             self._next_snapshot = now + SNAPSHOT_SECONDS
@@ -506,4 +517,5 @@ class HeadNode:
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "providers": self.providers.summaries(),
-                "jobs": [j.summary() for j in self.jobs.values()], "counters": self.all_counters()}
+                "jobs": [j.summary() for j in self.jobs.values()], "counters": self.all_counters(),
+                "heartbeat_wait": self.loop_watch.summary()}

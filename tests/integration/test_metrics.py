@@ -34,6 +34,7 @@ KPIS = {
     "zcompute_provider_utilization_ratio": "gauge",
     "zcompute_provider_shards_done": "counter",
     "zcompute_cluster_utilization_ratio": "gauge",
+    "zcompute_head_heartbeat_wait_seconds": "histogram",
 }
 #: shown once the head counts bytes (its counters bytes_sent, bytes_received, array_bytes_raw, array_bytes_wire)
 BYTE_KPIS = {"zcompute_bytes_sent": "counter", "zcompute_bytes_received": "counter",
@@ -58,7 +59,7 @@ def scrape(cluster) -> dict:
 
 def value(families: dict, sample_name: str, **labels: str) -> float:
     """The sum of the samples of that name whose labels include ``labels``."""
-    family = families[sample_name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")]
+    family = families[sample_name.removesuffix("_total").removesuffix("_count").removesuffix("_sum").removesuffix("_bucket")]
     return sum(s.value for s in family.samples
                if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()))
 
@@ -93,6 +94,9 @@ def test_every_kpi_is_exposed_and_counters_grow_across_jobs(cluster):
     assert grew("zcompute_job_latency_seconds_count", task_type="noop") == 1
     assert grew("zcompute_job_latency_seconds_sum", task_type="noop") >= 1.0  # the straggler took a second
     assert grew("zcompute_provider_shards_done_total") >= 8
+    assert grew("zcompute_head_heartbeat_wait_seconds_count") >= 2  # the loop kept turning to its heartbeats
+    assert value(after, "zcompute_head_heartbeat_wait_seconds_bucket", le="+Inf") == \
+        value(after, "zcompute_head_heartbeat_wait_seconds_count")
     assert 0 < value(after, "zcompute_job_success_ratio") < 1
     assert 0 < value(after, "zcompute_task_success_ratio") < 1
     providers = {s.labels["provider"] for s in after["zcompute_provider_slots"].samples}

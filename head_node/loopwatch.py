@@ -1,0 +1,66 @@
+"""How long the head's loop leaves its heartbeat queue unserved.
+
+Every heartbeat that arrives while the loop is busy elsewhere (a large submit,
+a batch of results, a tick) waits in the queue until the loop's next turn at
+it. The busy time between two turns (time spent waiting in ``poll`` does not
+count: a heartbeat arriving then ends the wait) is the longest any heartbeat
+waited, so it is the head's share of a provider's heartbeat round trip, free
+of the network's and the provider's. Kept as a histogram (``/metrics``, ``/api/state``) and
+logged when one wait reaches ``STALL_SECONDS``: a head that blocks that long
+starts to look dead to its providers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from typing import Any
+
+#: upper bounds of the histogram's buckets, in seconds (the last one takes the rest)
+BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, math.inf)
+STALL_SECONDS = 1.0
+
+
+class LoopWatch:
+    def __init__(self, log, clock=time.monotonic):
+        self.log, self.clock = log, clock
+        self.counts = [0] * len(BUCKETS)
+        self.total = 0.0
+        self.longest = 0.0
+        self._last: float | None = None
+        self._idle = 0.0
+
+    def idle(self, seconds: float) -> None:
+        """The loop waited this long in ``poll`` with nothing to do."""
+        self._idle += seconds
+
+    def turn(self) -> None:
+        """The loop has just served its heartbeat queue."""
+        now = self.clock()
+        if self._last is not None:
+            gap = max(0.0, now - self._last - self._idle)
+            self.counts[bisect.bisect_left(BUCKETS, gap)] += 1
+            self.total += gap
+            self.longest = max(self.longest, gap)
+            if gap >= STALL_SECONDS:
+                self.log.warning("head.loop_stalled", seconds=round(gap, 3))
+        self._last, self._idle = now, 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per bucket (not cumulative), with the bounds in seconds (``inf`` as None for JSON)."""
+        return {"bounds": [None if b == math.inf else b for b in BUCKETS], "counts": list(self.counts),
+                "sum": self.total, "max": self.longest}
+
+
+def quantile(counts: list[int], bounds: list[float | None], q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` (None: no turns, or past the last bound)."""
+    total = sum(counts)
+    if not total:
+        return None
+    need, seen = q * total, 0
+    for count, bound in zip(counts, bounds):
+        seen += count
+        if seen >= need:
+            return bound
+    return None

@@ -1,0 +1,55 @@
+"""The head's loop watch: busy time between turns at the heartbeat queue, poll waits left out."""
+
+import math
+
+from head_node.loopwatch import BUCKETS, LoopWatch, quantile
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+class Log:
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, event, **fields):
+        self.warnings.append((event, fields))
+
+
+def test_a_turn_counts_the_busy_time_since_the_last_one_not_the_waiting_in_poll():
+    clock, log = Clock(), Log()
+    watch = LoopWatch(log, clock)
+    watch.turn()  # the first turn only starts the count
+    clock.now += 0.5
+    watch.idle(0.497)  # half a second in poll, then 3 ms of work
+    watch.turn()
+    clock.now += 0.03  # 30 ms busy: a large submit
+    watch.turn()
+    s = watch.summary()
+    assert sum(s["counts"]) == 2
+    assert s["counts"][BUCKETS.index(0.005)] == 1 and s["counts"][BUCKETS.index(0.05)] == 1
+    assert math.isclose(s["sum"], 0.033) and math.isclose(s["max"], 0.03)
+    assert s["bounds"][-1] is None and log.warnings == []
+
+
+def test_a_stall_of_a_second_is_logged_and_lands_in_its_bucket():
+    clock, log = Clock(), Log()
+    watch = LoopWatch(log, clock)
+    watch.turn()
+    clock.now += 1.5
+    watch.turn()
+    assert log.warnings == [("head.loop_stalled", {"seconds": 1.5})]
+    assert watch.summary()["counts"][BUCKETS.index(2.0)] == 1
+
+
+def test_quantile_is_the_bound_of_the_bucket_that_holds_it():
+    bounds = [0.01, 0.1, 1.0, None]
+    assert quantile([98, 1, 1, 0], bounds, 0.99) == 0.1
+    assert quantile([98, 1, 1, 0], bounds, 0.5) == 0.01
+    assert quantile([0, 0, 0, 5], bounds, 0.99) is None
+    assert quantile([0, 0, 0, 0], bounds, 0.99) is None
