@@ -8,7 +8,9 @@ providers on the head's machine use its files in place, PROTOCOL.md 6.9), ``wire
 started ``--no-local-data``, so every array crosses tcp loopback as it would cross a network. numpy: ``a @ b`` with 1 and 2 BLAS threads.
 Dask: a distributed LocalCluster of PROVIDERS worker processes x 1 thread (BLAS limited to 1 thread),
 ``(da.from_array(a, row chunks of the same split) @ da.from_array(b)).compute()``, so the arrays travel
-with the graph as zcompute's travel with the job. Prints the times and ratios (ratio_vs_2t above 1:
+with the graph as zcompute's travel with the job. floor: the split's blocks computed by PROVIDERS
+processes (1 BLAS thread each) at once, with nothing sent: what any such cluster must at least take
+(``floor_vs_2t`` is the best ratio the split allows on this machine). Prints the times and ratios (ratio_vs_2t above 1:
 slower than numpy with 2 threads; dask_over_cluster above 1: zcompute is faster than Dask);
 writes bench/results/matmul.json.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,6 +71,54 @@ def dask_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int)
                 os.environ[k] = v
 
 
+def _floor_worker(conn, a, b, blocks, repeat: int) -> None:
+    """One process's share of the blocks, on 1 BLAS thread, ``repeat`` times at the parent's signal."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    outs = [np.empty((r1 - r0, c1 - c0), np.float32) for r0, r1, c0, c1 in blocks]
+    with threadpool_limits(limits=1):
+        for _ in range(repeat + 1):  # the first is a warm-up
+            conn.recv()
+            start = time.monotonic()
+            for (r0, r1, c0, c1), out in zip(blocks, outs):
+                np.matmul(a[r0:r1], b[:, c0:c1], out=out)
+            conn.send((start, time.monotonic()))
+
+
+def floor_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int) -> dict[int, float | None]:
+    """The split's compute alone: WORKERS processes, 1 BLAS thread each, computing the blocks the cluster's
+    providers would (round robin) at the same moment into their own memory, with nothing sent; seconds from
+    the first start to the last end. The cluster cannot beat it: what it adds is its overhead."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        return {n: None for n in inputs}  # the children would need the arrays sent: not the same measure
+    rows = int(splits.lower().split("x")[0])
+    cols = int(splits.lower().split("x")[1]) if "x" in splits.lower() else 1
+    out = {}
+    for n, (a, b) in inputs.items():
+        rs, cs = -(-n // rows), -(-n // cols)
+        blocks = [(r, min(n, r + rs), c, min(n, c + cs)) for r in range(0, n, rs) for c in range(0, n, cs)]
+        ctx, pipes, procs = mp.get_context("fork"), [], []
+        for w in range(workers):
+            parent, child = ctx.Pipe()
+            procs.append(ctx.Process(target=_floor_worker, args=(child, a, b, blocks[w::workers], repeat)))
+            pipes.append(parent)
+            procs[-1].start()
+        times = []
+        for i in range(repeat + 1):
+            for conn in pipes:
+                conn.send(None)
+            spans = [conn.recv() for conn in pipes]
+            if i:
+                times.append(max(end for _, end in spans) - min(start for start, _ in spans))
+        for p in procs:
+            p.join()
+        out[n] = min(times) if repeat < 3 else sorted(times)[len(times) // 2]
+    return out
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -89,6 +140,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             return out
 
     cluster, wire = cluster_times([]), cluster_times(["--no-local-data"])
+    floor = floor_times(inputs, args.splits, args.providers, args.repeat)
     for n, (a, b) in inputs.items():
         cluster_s = cluster[n]
         numpy_s = {}
@@ -99,7 +151,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append({"n": n, "splits": args.splits, "cluster_s": cluster_s, "wire_s": wire[n],
                      "numpy_1t_s": numpy_s[1], "numpy_2t_s": numpy_s[2], "ratio_vs_1t": cluster_s / numpy_s[1],
                      "ratio_vs_2t": cluster_s / numpy_s[2], "wire_vs_2t": wire[n] / numpy_s[2],
-                     "target_vs_2t": TARGETS.get(n)})
+                     "target_vs_2t": TARGETS.get(n), "floor_s": floor[n],
+                     "floor_vs_2t": None if floor[n] is None else floor[n] / numpy_s[2]})
     if not args.no_dask:  # after our cluster stopped: the two never share the cores
         for row, (n, seconds) in zip(rows, dask_times(inputs, args.splits, args.providers, args.repeat).items()):
             row.update(dask_s=seconds, dask_over_cluster=seconds / row["cluster_s"],
@@ -116,8 +169,8 @@ def main() -> None:
     print(f"cores {info['cores']}, BLAS {info['blas']}, providers {args.providers} x 1 BLAS thread, "
           f"median of {args.repeat}")
     print_table("matmul float32: cluster vs numpy (ratio < 1 means the cluster is faster)", rows,
-                ["n", "splits", "cluster_s", "wire_s", "numpy_1t_s", "numpy_2t_s", "dask_s", "ratio_vs_2t",
-                 "target_vs_2t", "wire_vs_2t", "dask_over_cluster", "dask_over_wire"])
+                ["n", "splits", "cluster_s", "wire_s", "numpy_1t_s", "numpy_2t_s", "floor_s", "dask_s", "ratio_vs_2t",
+                 "target_vs_2t", "floor_vs_2t", "wire_vs_2t", "dask_over_cluster", "dask_over_wire"])
     print(f"\nwrote {RESULTS / 'matmul.json'}")
 
 
