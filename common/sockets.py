@@ -75,7 +75,7 @@ def send(sock: zmq.Socket, msg: protocol.Message, *, envelope: list[bytes] | Non
     if envelope:
         frames = [*envelope, *frames]
     copies = FAULTS.copies(msg.type.value) if faults and FAULTS.active else 1
-    zero_copy = len(frames) > 2 or any(len(f) > ZERO_COPY_BYTES for f in frames)  # small: copying is cheaper
+    zero_copy = any(len(f) > ZERO_COPY_BYTES for f in frames)  # small: copying is cheaper
     try:
         for _ in range(copies):
             sock.send_multipart(frames, flags=flags, copy=not zero_copy)
@@ -146,9 +146,11 @@ def frames_bytes(frames: list[Any]) -> int:
     return sum(len(f) if isinstance(f, (zmq.Frame, bytes)) else memoryview(f).nbytes for f in frames)
 
 
-def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[Any]:
+def recv_frames(sock: zmq.Socket, flags: int = 0, copy: bool = False) -> list[Any]:
+    """The next message's frames: zero-copy ``zmq.Frame`` objects, or ``bytes`` with ``copy`` (cheaper for
+    a socket whose messages are all small, such as heartbeats)."""
     try:
-        return sock.recv_multipart(flags=flags, copy=False)
+        return sock.recv_multipart(flags=flags, copy=copy)
     except zmq.Again as e:
         raise TransportError("nothing to receive") from e
     except zmq.ZMQError as e:

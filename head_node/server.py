@@ -169,8 +169,9 @@ class HeadNode:
         if not self.sockets:
             self.bind()
         routes: dict[zmq.Socket, Callable[[zmq.Socket], None]] = {
-            self.sockets["registration"]: lambda s: self._serve_request(s, self.providers.registration_handlers),
-            self.sockets["heartbeat"]: lambda s: self._serve_request(s, self.providers.heartbeat_handlers),
+            self.sockets["registration"]: lambda s: self._serve_request(s, self.providers.registration_handlers,
+                                                                        small=True),
+            self.sockets["heartbeat"]: lambda s: self._serve_request(s, self.providers.heartbeat_handlers, small=True),
             self.sockets["results"]: self._serve_results,
             self.sockets["api"]: lambda s: self._serve_request(s, self.api.handlers),
         }
@@ -299,10 +300,11 @@ class HeadNode:
             self.jobs[job_id].files.flush()
         self.journal.shards_done([(job_id, i, name) for (job_id, i), name in batch.items()])
 
-    def _serve_request(self, sock: zmq.Socket, handlers: dict[MsgType, Handler]) -> bool:
+    def _serve_request(self, sock: zmq.Socket, handlers: dict[MsgType, Handler], small: bool = False) -> bool:
+        """Answer one request; ``small``: the socket carries no arrays, its frames are taken as bytes."""
         try:
             # never block: libzmq may report POLLIN for a message it then drops (over MAXMSGSIZE)
-            frames = recv_frames(sock, zmq.NOBLOCK)
+            frames = recv_frames(sock, zmq.NOBLOCK, copy=small)
         except TransportError:
             return False
         self.counters["bytes_received"] += frames_bytes(frames)
