@@ -83,9 +83,9 @@ class Job:
                 out[i] = "|".join(sorted(keys.values()))
         return out
 
-    def finish(self, status: str, error: str = "") -> None:
+    def finish(self, status: str, error: str = "", flush: bool = True) -> None:
         self.status, self.error, self.finished_at = status, error, time.time()
-        self.files.release()
+        self.files.release(flush=flush)
 
     def summary(self) -> dict[str, Any]:
         end = self.finished_at or time.time()

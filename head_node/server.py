@@ -33,6 +33,7 @@ from head_node.events import (
 from head_node.jobs import Job
 from head_node.eventlog import EventLog
 from head_node.guard import SocketGuard
+from head_node.commit import FSYNC_WRITES_MAPS, GroupCommit
 from head_node.journal import Journal
 from head_node.loopwatch import LoopWatch
 from head_node.recovery import recover
@@ -78,7 +79,7 @@ class HeadNode:
         self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.journal = Journal(config.data_dir / "journal.sqlite")
         self.events = EventLog(config.data_dir / "jobs")
-        self._unjournaled: dict[tuple[str, int], str] = {}  # merged shards awaiting a group commit -> provider
+        self.commit = GroupCommit(self.journal, self.jobs, self.log)  # merged shards -> disk -> journal
         self._in_batch = False  # handling a batch of results: assignments wait for its end
         self.loop_watch = LoopWatch(self.log)  # how long heartbeats may wait while the loop is busy
         self.ctx = zmq.Context()
@@ -243,7 +244,11 @@ class HeadNode:
         self._stop.set()
 
     def close(self) -> None:
-        self.commit_done()
+        try:
+            self.commit.flush()
+        except OSError as e:  # the disk failed: what was not synced is recomputed after a restart
+            self.log.error("head.commit_failed", error=str(e))
+        self.commit.close()
         self.journal.close()
         self.events.close()
         self.auth.stop()
@@ -264,9 +269,10 @@ class HeadNode:
         self.providers.send_probes()
         self._close_late_rounds(now)
         between()
+        self.commit.collect()
         if now >= self._next_commit:
             self._next_commit = now + COMMIT_SECONDS
-            self.commit_done()
+            self.commit.start()
             between()
         self.events.flush()
         if self.config.http_port and now >= self._next_snapshot:
@@ -290,15 +296,6 @@ class HeadNode:
             for i in missing:
                 job.shards.pop(i, None)
             self.apply_round_done(job)
-
-    def commit_done(self) -> None:
-        """Group commit: flush merged outputs to disk, then record those shards done in one transaction."""
-        if not self._unjournaled:
-            return
-        batch, self._unjournaled = self._unjournaled, {}
-        for job_id in {job_id for job_id, _ in batch}:
-            self.jobs[job_id].files.flush()
-        self.journal.shards_done([(job_id, i, name) for (job_id, i), name in batch.items()])
 
     def _serve_request(self, sock: zmq.Socket, handlers: dict[MsgType, Handler], small: bool = False) -> bool:
         """Answer one request; ``small``: the socket carries no arrays, its frames are taken as bytes."""
@@ -463,11 +460,11 @@ class HeadNode:
         job.done += 1
         job.round_merged.add(a.index)
         name = self.providers.count_done(a.provider_id, job)
-        self._unjournaled[job.job_id, a.index] = name
+        self.commit.merged(job.job_id, a.index, name)
 
     def committed(self, job_id: str, index: int) -> bool:
-        """Is this merged shard journaled done (not awaiting the next group commit)?"""
-        return (job_id, index) not in self._unjournaled
+        """Is this merged shard journaled done (not awaiting or in the group commit)?"""
+        return self.commit.committed(job_id, index)
 
     def decide(self, event, result: protocol.Result | None = None) -> None:
         """Hand ``event`` to the scheduler and carry out its actions; within a batch of results the new
@@ -484,7 +481,7 @@ class HeadNode:
             self.finish(job, "failed", f"planning round {job.round + 1}: {e}")
             return
         if shards:
-            self.commit_done()  # this round's shards are journaled done before the next round is
+            self.commit.flush()  # this round's shards are journaled done before the next round is
             indices = job.add_shards(shards, time.monotonic())
             job.files.flush()  # the round's checkpoint is on disk before the journal says so
             self.journal.add_round(job, shards)
@@ -495,9 +492,9 @@ class HeadNode:
             self.finish(job, "succeeded")
 
     def finish(self, job: Job, status: str, error: str = "") -> None:
-        self.commit_done()
-        job.finish(status, error)
-        self.journal.update_job(job)
+        job.finish(status, error, flush=not FSYNC_WRITES_MAPS)  # else the group commit's thread syncs the files
+        self.commit.finished(job)  # journaled after its last shards, once they are on disk
+        self.commit.start()
         self.events.record(job.job_id, "finish", status=status, error=error or None,
                            elapsed=round(job.summary()["elapsed"], 6))
         self.events.close_job(job.job_id)

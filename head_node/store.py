@@ -85,14 +85,19 @@ class JobFiles:
         refs = {name: localdata.locate(arr, maps, self.data_root) for name, arr in arrays.items()}
         return {name: ref for name, ref in refs.items() if ref is not None}
 
+    def output_paths(self) -> list[Path]:
+        return sorted(self.root.glob("out-*.npy"))
+
     def flush(self) -> None:
         for arr in self._outputs.values():
             if isinstance(arr, np.memmap):
                 arr.flush()
 
-    def release(self) -> None:
-        """Drop open maps (files stay) so a finished job costs no address space."""
-        self.flush()
+    def release(self, flush: bool = True) -> None:
+        """Drop open maps (files stay) so a finished job costs no address space; without ``flush`` their
+        dirty pages stay in the page cache for the group commit's fsync (head_node/commit.py)."""
+        if flush:
+            self.flush()
         self._inputs.clear()
         self._outputs.clear()
 

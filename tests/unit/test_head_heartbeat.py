@@ -68,7 +68,9 @@ def test_a_merged_result_is_acknowledged_once_journaled(head):
                                               elapsed=0.01), INSECURE)
     assert not head.committed(task.job_id, task.index)
     assert heartbeat(head, pid, outbox=[key]).acked == []  # merged but not yet journaled: next beat
-    head.commit_done()
+    head.commit.start()
+    assert heartbeat(head, pid, outbox=[key]).acked == []  # its file on its way to disk: not journaled yet
+    head.commit.flush()
     assert heartbeat(head, pid, outbox=[key]).acked == [key]
 
 
