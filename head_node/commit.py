@@ -4,8 +4,8 @@ A restarted head never trusts a block that was not written, so a shard is
 recorded done only after its job's output files reached the disk. Syncing a
 large output takes long (64 MiB: ~50 ms here), and ``msync`` holds the GIL
 for all of it. On Linux a shared mapping's dirty pages are the file's page
-cache, so ``fsync`` of the file writes them back too, and it lets go of the
-GIL: a background thread syncs while the loop goes on serving (a client
+cache, so ``fdatasync`` of the file writes them back too (what ``msync``
+does there), and it lets go of the GIL: a background thread syncs while the loop goes on serving (a client
 fetching the result it was just told of, heartbeats), and the loop journals
 each synced batch at its next turn (``collect``). Elsewhere the maps are
 flushed in place, on the loop, as before.
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from head_node.jobs import Job
     from head_node.journal import Journal
 
-#: whether fsync of a file writes back the dirty pages of its shared mappings (it does on Linux)
+#: whether syncing a file writes back the dirty pages of its shared mappings (it does on Linux)
 FSYNC_WRITES_MAPS = sys.platform.startswith("linux")
 
 
@@ -128,18 +128,18 @@ class GroupCommit:
         while (batch := self._work.get()) is not None:
             try:
                 for path in batch.paths:
-                    _fsync(path)
+                    _sync_data(path)
             except OSError as e:
                 batch.error = e
             self._synced.put(batch)
 
 
-def _fsync(path: Path) -> None:
+def _sync_data(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return  # the job's files were deleted: nothing left to keep
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)  # the data, as msync would; not the file's times (a journal commit of their own)
     finally:
         os.close(fd)

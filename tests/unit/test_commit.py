@@ -40,14 +40,14 @@ def _job(tmp_path: Path, job_id: str):
 
 @pytest.fixture
 def synced(monkeypatch):
-    """The paths the commit thread fsynced, in order; ``gate`` holds the thread until set."""
+    """The paths the commit thread synced, in order; ``gate`` holds the thread until set."""
     seen, gate = [], threading.Event()
     gate.set()
 
-    def fsync(path):
+    def sync(path):
         gate.wait(10)
         seen.append(path.parent.name)
-    monkeypatch.setattr(commit_module, "_fsync", fsync)
+    monkeypatch.setattr(commit_module, "_sync_data", sync)
     return SimpleNamespace(paths=seen, gate=gate)
 
 
@@ -75,10 +75,10 @@ def test_a_failed_sync_journals_nothing_and_is_tried_again(tmp_path, monkeypatch
     journal, jobs, log = Journal(), {"j1": _job(tmp_path, "j1")}, Log()
     failures = [OSError(5, "Input/output error")]
 
-    def fsync(path):
+    def sync(path):
         if failures:
             raise failures.pop()
-    monkeypatch.setattr(commit_module, "_fsync", fsync)
+    monkeypatch.setattr(commit_module, "_sync_data", sync)
     gc = GroupCommit(journal, jobs, log, background=True)
     gc.merged("j1", 3, "p-a")
     with pytest.raises(OSError):
@@ -100,8 +100,8 @@ def test_without_the_thread_the_maps_are_flushed_in_place_before_the_journal(tmp
     assert len(journal.calls) == 1
 
 
-def test_fsync_of_a_deleted_jobs_file_is_not_an_error(tmp_path):
-    commit_module._fsync(tmp_path / "gone.npy")
+def test_sync_data_of_a_deleted_jobs_file_is_not_an_error(tmp_path):
+    commit_module._sync_data(tmp_path / "gone.npy")
     real = tmp_path / "here.npy"
     real.write_bytes(b"1")
-    commit_module._fsync(real)
+    commit_module._sync_data(real)
