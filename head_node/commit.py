@@ -5,9 +5,10 @@ recorded done only after its job's output files reached the disk. Syncing a
 large output takes long (64 MiB: ~50 ms here), and ``msync`` holds the GIL
 for all of it. On Linux a shared mapping's dirty pages are the file's page
 cache, so ``fdatasync`` of the file writes them back too (what ``msync``
-does there), and it lets go of the GIL: a background thread syncs while the loop goes on serving (a client
-fetching the result it was just told of, heartbeats), and the loop journals
-each synced batch at its next turn (``collect``). Elsewhere the maps are
+does there), and it lets go of the GIL: a background thread syncs while the
+loop goes on serving (a client fetching the result it was just told of,
+heartbeats), and the loop journals each synced batch at its next turn
+(``collect``). Elsewhere the maps are
 flushed in place, on the loop, as before.
 
 A finished job's final state is journaled with the batch that holds its last
