@@ -37,13 +37,14 @@ def body_checker(messages: Mapping[MsgType, type[Message]], fields: Mapping[MsgT
         if not isinstance(body, dict):
             raise DecodeError("body must be a map")
         type_checks = checks[mtype]
-        if not all(isinstance(k, str) for k in body):
-            raise DecodeError(f"{mtype.value}: body keys must be strings")
-        unknown = body.keys() - type_checks.keys()
+        unknown = body.keys() - type_checks.keys()  # a key that is not a string is unknown too
         if unknown:
+            if not all(isinstance(k, str) for k in unknown):
+                raise DecodeError(f"{mtype.value}: body keys must be strings")
             raise DecodeError(f"{mtype.value}: unknown fields {sorted(unknown)}")
-        if any(_depth(body[n], 1) > MAX_DEPTH for n in nesting[mtype] if n in body):
-            raise DecodeError(f"body is nested deeper than {MAX_DEPTH} levels")
+        for n in nesting[mtype]:
+            if body.get(n) and _depth(body[n], 1) > MAX_DEPTH:  # an empty map or list is one level
+                raise DecodeError(f"body is nested deeper than {MAX_DEPTH} levels")
         missing = required[mtype] - body.keys()
         if missing:
             raise DecodeError(f"{mtype.value}: missing fields {sorted(missing)}")

@@ -325,10 +325,12 @@ def _copy_spans(out: np.ndarray, spans: list[tuple[int, Any]]) -> None:
         out[pos:pos + len(view)] = np.frombuffer(view, np.uint8)
 
 
-def decode_array(meta: Any, frames: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, np.ndarray]:
+def decode_array(meta: Any, frames: Any, limits: Limits = DEFAULT_LIMITS,
+                 checked: tuple[str, np.dtype, tuple[int, ...], str, int] | None = None) -> tuple[str, np.ndarray]:
     """Check an array entry against its frame(s) and return ``(name, array)``; single-frame raw arrays
-    are read-only views of the received frame."""
-    name, dt, shape, codec, nbytes = check_array_meta(meta, limits)
+    are read-only views of the received frame. ``checked``: what ``check_array_meta`` returned for
+    ``meta`` already."""
+    name, dt, shape, codec, nbytes = checked or check_array_meta(meta, limits)
     frame, joined = _assembled(name, frames if isinstance(frames, list) else [frames], nbytes)
     STATS["array_bytes_raw_received"] += nbytes
     STATS["array_bytes_wire_received"] += len(frame) if codec == "zstd" else nbytes

@@ -480,7 +480,8 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
         raise DecodeError("the header's arrays must be a list")
     if len(metas) > limits.max_arrays:
         raise DecodeError(f"header lists {len(metas)} arrays, over the limit of {limits.max_arrays}")
-    decoded_total = sum(check_array_meta(meta, limits)[4] for meta in metas)
+    checked = [check_array_meta(meta, limits) for meta in metas]
+    decoded_total = sum(c[4] for c in checked)
     if decoded_total > limits.max_message_bytes:  # compressed frames may not expand past the limit either
         raise DecodeError(f"arrays decode to {decoded_total} bytes, over the limit of {limits.max_message_bytes}")
     expected = sum(frame_count(meta) for meta in metas)
@@ -488,9 +489,9 @@ def decode(frames: list[Any], *, topic: bool = False, limits: Limits = DEFAULT_L
         raise DecodeError(f"header lists {len(metas)} arrays in {expected} frames but {len(frames) - 1} frames follow")
     cls = _checked(mtype, msg_id, body)  # before any array is decoded (decompressed)
     arrays, pos = {}, 1
-    for meta in metas:
+    for meta, check in zip(metas, checked):
         count = frame_count(meta)
-        name, arr = decode_array(meta, [getattr(f, "buffer", f) for f in frames[pos:pos + count]], limits)
+        name, arr = decode_array(meta, [getattr(f, "buffer", f) for f in frames[pos:pos + count]], limits, check)
         pos += count
         if name in arrays:
             raise DecodeError(f"array {name!r} appears twice")

@@ -181,8 +181,6 @@ class ProviderChannel:
         event = self._task_event(TaskSucceeded, msg, principal, elapsed=msg.elapsed)
         if self._fenced(event, msg):
             return
-        self.log.debug("task.result", job_id=event.job_id, task_id=msg.task_id, attempt=msg.attempt,
-                       provider_id=msg.provider_id, elapsed=round(msg.elapsed, 4))
         self.head.events.record(event.job_id, "result", task_id=msg.task_id, attempt=msg.attempt,
                                 provider_id=msg.provider_id, elapsed=round(msg.elapsed, 6))
         self.head.decide(event, result=msg)

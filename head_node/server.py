@@ -423,8 +423,6 @@ class HeadNode:
         self.publish(a.provider_id, msg)
         speculative = getattr(a, "speculative", False)
         kind = "speculate" if speculative else ("assign" if isinstance(a, Assign) else "republish")
-        self.log.debug(f"task.{kind}", job_id=job.job_id, task_id=msg.task_id, attempt=a.attempt,
-                       provider_id=a.provider_id)
         self.events.record(job.job_id, kind, task_id=msg.task_id, attempt=a.attempt, provider_id=a.provider_id)
         if speculative:
             self.counters["speculative_launches"] += 1
