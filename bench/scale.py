@@ -161,6 +161,15 @@ class Head:
                 self.proc.wait()
 
 
+def _steal_s() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")  # cpu user nice system idle iowait irq softirq steal
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -175,6 +184,12 @@ class Window:
         self.head, self.sims, self.t0 = head, sims, time.monotonic()
         self.cpu0, self.sim0 = head.cpu_s(), sims.cpu_s() if sims else 0.0
         self.wait0 = head.heartbeat_wait()
+        self.steal0 = _steal_s()
+
+    def steal_cores(self) -> float | None:
+        """CPU time the hypervisor took from this machine per wall second (Linux /proc/stat; None elsewhere)."""
+        now = _steal_s()
+        return None if now is None or self.steal0 is None else (now - self.steal0) / self.seconds()
 
     def wait_p99_ms(self) -> float | None:
         """p99 of the head's busy time between turns at its heartbeat queue (a bucket's upper bound)."""
@@ -290,7 +305,7 @@ def _idle(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any]:
     profile.stop()
     return {"cpu_cores": window.cores(), "sim_cpu_cores": window.sim_cores(), "rss": head.rss(), "rss_start": rss_start,
             "seconds": window.seconds(), "timeline": timeline, "states": head.provider_states(client),
-            "head_wait_p99_ms": window.wait_p99_ms()}
+            "head_wait_p99_ms": window.wait_p99_ms(), "steal_cores": window.steal_cores()}
 
 
 def _shards(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any]:
@@ -301,13 +316,13 @@ def _shards(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any
     summaries, gave_up, peak = _wait_jobs(handles, head, args)
     elapsed = time.perf_counter() - start
     profile.stop()
-    wait_p99 = window.wait_p99_ms()
+    wait_p99, steal = window.wait_p99_ms(), window.steal_cores()
     done = sum(s["done"] for s in summaries)
     _say(f"shards: {done} of {args.shards} in {elapsed:.1f} s = {done / elapsed:.0f}/s, head {window.cores():.3f} "
          f"cores" + (f"; GAVE UP: {gave_up}" if gave_up else ""))
     return {"seconds": elapsed, "done": done, "per_s": done / elapsed, "cpu_cores": window.cores(),
             "sim_cpu_cores": window.sim_cores(), "rss": head.rss(), "peak_rss": peak, "gave_up": gave_up,
-            "head_wait_p99_ms": wait_p99,
+            "head_wait_p99_ms": wait_p99, "steal_cores": steal,
             "providers_used": len({name for s in summaries for name in s["shards_by_provider"]}),
             "jobs": [{k: s[k] for k in ("job_id", "status", "total", "done", "elapsed", "reruns", "speculated")}
                      for s in summaries]}
@@ -427,6 +442,10 @@ def _ms(value: float | None) -> str:
     return "?" if value is None else f"{value:g}"
 
 
+def _cores(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3f}"
+
+
 def _rows(args: argparse.Namespace, d: dict[str, Any]) -> list[dict[str, Any]]:
     sims, n = d["sims"], args.providers
     phases, canary = sims["phases"], sims["canary_phases"]
@@ -461,6 +480,8 @@ def _rows(args: argparse.Namespace, d: dict[str, Any]) -> list[dict[str, Any]]:
         row("heartbeat max, any phase", "", max((p["rtt_max_ms"] for p in phases.values()), default=nan), unit="ms"),
         row("head's share: heartbeat queue wait p99, idle / shards", "",
             f"≤ {_ms(d['idle'].get('head_wait_p99_ms'))} / ≤ {_ms(d['shards'].get('head_wait_p99_ms'))}", unit="ms"),
+        row("CPU taken by the hypervisor, idle / shards", "",
+            f"{_cores(d['idle'].get('steal_cores'))} / {_cores(d['shards'].get('steal_cores'))}", unit="cores"),
         row("simulators' beat lag p99, idle / shards", "",
             f"{idle.get('lag_p99_ms', nan):.0f} / {shards.get('lag_p99_ms', nan):.0f}", unit="ms"),
         row("head CPU, idle", "< 0.5", d["idle"]["cpu_cores"], d["idle"]["cpu_cores"] < IDLE_CPU_CORES, "cores"),
