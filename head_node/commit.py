@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from head_node.jobs import Job
     from head_node.journal import Journal
 
+#: how long a waiting commit (a new round, a stop) waits for the disk before it gives up
+FLUSH_TIMEOUT = 120.0
 #: whether syncing a file writes back the dirty pages of its shared mappings (it does on Linux)
 FSYNC_WRITES_MAPS = sys.platform.startswith("linux")
 
@@ -98,7 +100,10 @@ class GroupCommit:
         """Commit everything now, waiting for the disk (a new round's plan, a stop)."""
         self.start()
         while self._busy:
-            batch = self._synced.get()
+            try:
+                batch = self._synced.get(timeout=FLUSH_TIMEOUT)
+            except queue.Empty:
+                raise OSError(f"the output files were not synced within {FLUSH_TIMEOUT:g} s") from None
             self._take(batch)
             if batch.error is not None:
                 raise batch.error
@@ -132,6 +137,8 @@ class GroupCommit:
                     _sync_data(path)
             except OSError as e:
                 batch.error = e
+            except Exception as e:  # anything else: the batch is not on disk either, and the thread goes on
+                batch.error = OSError(f"syncing {batch.paths}: {e!r}")
             self._synced.put(batch)
 
 

@@ -105,3 +105,37 @@ def test_sync_data_of_a_deleted_jobs_file_is_not_an_error(tmp_path):
     real = tmp_path / "here.npy"
     real.write_bytes(b"1")
     commit_module._sync_data(real)
+
+
+def test_a_sync_that_breaks_otherwise_is_a_failed_sync_and_the_thread_goes_on(tmp_path, monkeypatch):
+    journal, jobs, log = Journal(), {"j1": _job(tmp_path, "j1")}, Log()
+    calls = []
+
+    def sync(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise ValueError("not an OSError")
+    monkeypatch.setattr(commit_module, "_sync_data", sync)
+    gc = GroupCommit(journal, jobs, log, background=True)
+    gc.merged("j1", 0, "p-a")
+    with pytest.raises(OSError, match="not an OSError"):
+        gc.flush()
+    assert journal.calls == []
+    gc.flush()
+    assert journal.calls == [("done", [("j1", 0, "p-a")])]
+    gc.close()
+
+
+def test_a_flush_does_not_wait_forever_for_a_disk_that_never_answers(tmp_path, monkeypatch, synced):
+    monkeypatch.setattr(commit_module, "FLUSH_TIMEOUT", 0.2)
+    journal, jobs = Journal(), {"j1": _job(tmp_path, "j1")}
+    gc = GroupCommit(journal, jobs, Log(), background=True)
+    synced.gate.clear()
+    gc.merged("j1", 0, "p-a")
+    with pytest.raises(OSError, match="not synced within"):
+        gc.flush()
+    assert journal.calls == [] and not gc.committed("j1", 0)
+    synced.gate.set()
+    gc.flush()  # the disk answered after all: the batch is collected and journaled
+    assert journal.calls == [("done", [("j1", 0, "p-a")])]
+    gc.close()
