@@ -41,6 +41,7 @@ class Scheduler:
         self._unacked: list[tuple[float, str, str, int]] = []  # heap of (ack deadline, provider, job, index)
         self._leases_left = LEASE_BURST  # for the event being handled
         self._resume = False  # a burst was cut short: the next tick looks at every provider again
+        self._next_liveness = 0.0  # when the next tick looks for silent providers
         self._handlers = {
             ProviderReady: self._on_provider_ready,
             ProviderSeen: self._on_provider_seen,
@@ -309,13 +310,15 @@ class Scheduler:
         cfg, actions = self.config, []
         self._recheck_all |= self._resume
         self._resume = False
-        for p in list(self.providers.values()):
-            silent = ev.now - p.last_seen
-            if silent > cfg.dead_after:
-                actions.append(ProviderDead(p.provider_id))
-                actions.extend(self._drop_provider(p, ev.now, exclude=True))
-            elif silent > cfg.liveness * cfg.heartbeat_interval and p.state != "draining":
-                p.state = "suspect"
+        if ev.now >= self._next_liveness:  # a quarter of a heartbeat interval is fine grain enough for silence
+            self._next_liveness = ev.now + cfg.heartbeat_interval / 4
+            for p in list(self.providers.values()):
+                silent = ev.now - p.last_seen
+                if silent > cfg.dead_after:
+                    actions.append(ProviderDead(p.provider_id))
+                    actions.extend(self._drop_provider(p, ev.now, exclude=True))
+                elif silent > cfg.liveness * cfg.heartbeat_interval and p.state != "draining":
+                    p.state = "suspect"
         actions.extend(self._republish_unaccepted(ev.now))
         if cfg.speculate:
             actions.extend(self._speculate(ev.now))
