@@ -42,7 +42,12 @@ def best_of(fn: Callable[[], Any], repeat: int) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times) if repeat < 3 else statistics.median(times)
+    return typical(times)
+
+
+def typical(times: list[float]) -> float:
+    """The figure a table shows for repeated timings: the fastest of one or two, else the median."""
+    return min(times) if len(times) < 3 else statistics.median(times)
 
 
 def machine() -> dict[str, Any]:

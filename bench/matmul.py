@@ -5,14 +5,15 @@
 Every method starts from A and B in this process and ends with C here. zcompute: a LocalCluster
 of PROVIDERS providers, ``Client.matmul(a, b, splits)``: ``cluster_s`` as a user gets it (client and
 providers on the head's machine use its files in place, PROTOCOL.md 6.9), ``wire_s`` with the head
-started ``--no-local-data``, so every array crosses tcp loopback as it would cross a network. numpy: ``a @ b`` with 1 and 2 BLAS threads.
+started ``--no-local-data``, so every array crosses tcp loopback as it would cross a network. numpy:
+``a @ b`` with 1 and 2 BLAS threads.
 Dask: a distributed LocalCluster of PROVIDERS worker processes x 1 thread (BLAS limited to 1 thread),
 ``(da.from_array(a, row chunks of the same split) @ da.from_array(b)).compute()``, so the arrays travel
 with the graph as zcompute's travel with the job. floor: the split's blocks computed by PROVIDERS
 processes (1 BLAS thread each) at once, with nothing sent: what any such cluster must at least take
-(``floor_vs_2t`` is the best ratio the split allows on this machine). Prints the times and ratios (ratio_vs_2t above 1:
-slower than numpy with 2 threads; dask_over_cluster above 1: zcompute is faster than Dask);
-writes bench/results/matmul.json.
+(``floor_vs_2t`` is the best ratio the split allows on this machine). Prints the times and ratios
+(ratio_vs_2t above 1: slower than numpy with 2 threads; dask_over_cluster above 1: zcompute is faster
+than Dask); writes bench/results/matmul.json.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, best_of, clean_blas_env, machine, print_table, save  # noqa: E402
+from bench.common import RESULTS, best_of, clean_blas_env, machine, print_table, save, typical  # noqa: E402
 
 
 #: at most this many times numpy with 2 BLAS threads (issue 9, target 1)
@@ -42,13 +43,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _split_counts(splits: str) -> tuple[int, int]:
+    """``"RxC"`` or ``"R"`` -> (row blocks, column blocks)."""
+    rows, _, cols = splits.lower().partition("x")
+    return int(rows), int(cols or 1)
+
+
 def dask_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int) -> dict[int, float]:
     """Median seconds of Dask distributed for each size, with the same row split."""
     import dask.array as da
     from dask.distributed import Client, LocalCluster
 
-    rows = int(splits.lower().split("x")[0])
-    cols = int(splits.lower().split("x")[1]) if "x" in splits.lower() else 1
+    rows, cols = _split_counts(splits)
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({k: "1" for k in saved})  # the workers' BLAS: one thread each, like the providers
     try:
@@ -94,8 +100,7 @@ def floor_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int
 
     if "fork" not in mp.get_all_start_methods():
         return {n: None for n in inputs}  # the children would need the arrays sent: not the same measure
-    rows = int(splits.lower().split("x")[0])
-    cols = int(splits.lower().split("x")[1]) if "x" in splits.lower() else 1
+    rows, cols = _split_counts(splits)
     out = {}
     for n, (a, b) in inputs.items():
         rs, cs = -(-n // rows), -(-n // cols)
@@ -115,7 +120,7 @@ def floor_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int
                 times.append(max(end for _, end in spans) - min(start for start, _ in spans))
         for p in procs:
             p.join()
-        out[n] = min(times) if repeat < 3 else sorted(times)[len(times) // 2]
+        out[n] = typical(times)
     return out
 
 

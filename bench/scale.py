@@ -24,7 +24,8 @@ so every one is false. A heartbeat round trip runs from the simulator's send to 
 the reply, so a busy simulator adds to it (its beat lag, how late it sent a beat that was due, shows how
 busy). The head's share of it is measured inside the head (head_node/loopwatch.py): the busy time of its
 loop between two turns at the heartbeat queue, the longest a heartbeat can have waited there; its p99 per
-phase is read from /api/state as the upper bound of a histogram bucket. CPU and RSS per provider: (idle with PROVIDERS - alone) / PROVIDERS. The machine's load average
+phase is read from /api/state as the upper bound of a histogram bucket. CPU and RSS per provider: (idle
+with PROVIDERS - alone) / PROVIDERS. The machine's load average
 is recorded: other work on it skews every figure. ``--py-spy`` samples the head in the idle and shard
 phases; ``--head-tree`` runs the head from another checkout, to measure a change before it is made.
 Writes bench/results/scale.json.
@@ -128,18 +129,18 @@ class Head:
     def rss(self) -> int:
         return self.ps.memory_info().rss
 
+    def api_state(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/api/state", timeout=30) as r:
+            return json.load(r)
+
     def heartbeat_wait(self) -> dict[str, Any] | None:
         """The head's loop watch (head_node/loopwatch.py) from /api/state; None without the HTTP server."""
-        if not self.http_port:
-            return None
-        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/api/state", timeout=30) as r:
-            return json.load(r).get("heartbeat_wait")
+        return self.api_state().get("heartbeat_wait") if self.http_port else None
 
     def provider_states(self, client) -> dict[str, int]:
         """State -> count, from /api/state (at 1,000 providers list_providers is over the header limit)."""
         if self.http_port:
-            with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/api/state", timeout=30) as r:
-                providers = json.load(r)["providers"]
+            providers = self.api_state()["providers"]
         else:
             providers = client.providers()
         counts: dict[str, int] = {}

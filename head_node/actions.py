@@ -120,14 +120,14 @@ class JobActions:
         job.finish(status, error, flush=not FSYNC_WRITES_MAPS)  # else the group commit's thread syncs the files
         self.commit.finished(job)  # journaled after its last shards, once they are on disk
         self.commit.start()
-        self.events.record(job.job_id, "finish", status=status, error=error or None,
-                           elapsed=round(job.summary()["elapsed"], 6))
+        elapsed = job.summary()["elapsed"]
+        self.events.record(job.job_id, "finish", status=status, error=error or None, elapsed=round(elapsed, 6))
         self.events.close_job(job.job_id)
         self._answer_held(self.api.due(time.monotonic(), finished=job.job_id))
         self.providers.forget_job(job.job_id)
         self.counters[f"jobs_{status}"] += 1
         self.log.info("job.finished", job_id=job.job_id, status=status, error=error or None,
-                      elapsed=round(job.summary()["elapsed"], 4), shards=len(job.shards))
+                      elapsed=round(elapsed, 4), shards=len(job.shards))
 
     def _answer_held(self, replies: list[tuple[list, protocol.Message]]) -> None:
         for envelope, reply in replies:

@@ -124,10 +124,7 @@ class GroupCommit:
             self._work.put(None)
 
     def _journal(self, batch: _Batch) -> None:
-        if batch.shards:
-            self.journal.shards_done([(job_id, i, name) for (job_id, i), name in batch.shards.items()])
-        for job in batch.jobs:
-            self.journal.update_job(job)
+        self.journal.shards_done([(job_id, i, name) for (job_id, i), name in batch.shards.items()], batch.jobs)
 
     def _sync_loop(self) -> None:
         assert self._work is not None

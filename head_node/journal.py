@@ -129,9 +129,10 @@ class Journal:
                   ("DELETE FROM shard_states WHERE job_id=? AND idx=?", [(job.job_id, s.index) for s in shards]),
                   self._job_update(job)])
 
-    def shards_done(self, done: list[tuple[str, int, str]]) -> None:
-        """Record (job_id, index, provider name) shards as finished, in one transaction."""
-        self._tx([(_SET_DONE, done)])
+    def shards_done(self, done: list[tuple[str, int, str]], jobs=()) -> None:
+        """Record (job_id, index, provider name) shards as finished, and the state of ``jobs`` (those whose
+        end these shards complete), in one transaction."""
+        self._tx([(_SET_DONE, done), *(self._job_update(job) for job in jobs)])
 
     def shard_attempt(self, job_id: str, index: int, attempt: int) -> None:
         self._tx([(_SET_ATTEMPT, [(job_id, index, attempt)])])

@@ -5,9 +5,9 @@ a batch of results, a tick) waits in the queue until the loop's next turn at
 it. The busy time between two turns (time spent waiting in ``poll`` does not
 count: a heartbeat arriving then ends the wait) is the longest any heartbeat
 waited, so it is the head's share of a provider's heartbeat round trip, free
-of the network's and the provider's. Kept as a histogram (``/metrics``, ``/api/state``) and
-logged when one wait reaches ``STALL_SECONDS``: a head that blocks that long
-starts to look dead to its providers.
+of the network's and the provider's. Kept as a histogram (``/metrics``,
+``/api/state``) and logged when one wait reaches ``STALL_SECONDS``: a head
+that blocks that long starts to look dead to its providers.
 """
 
 from __future__ import annotations

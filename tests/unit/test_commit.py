@@ -14,11 +14,10 @@ class Journal:
     def __init__(self):
         self.calls = []
 
-    def shards_done(self, done):
-        self.calls.append(("done", sorted(done)))
-
-    def update_job(self, job):
-        self.calls.append(("job", job.job_id, job.status))
+    def shards_done(self, done, jobs=()):  # one transaction: shards first, then the jobs they complete
+        if done:
+            self.calls.append(("done", sorted(done)))
+        self.calls += [("job", job.job_id, job.status) for job in jobs]
 
 
 class Log:

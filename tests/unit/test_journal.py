@@ -90,3 +90,14 @@ def test_a_journal_with_a_row_per_shard_is_migrated_without_losing_state(tmp_pat
     j.close()
     (rec,) = Journal(path).load()  # migrated once: the old table is gone, the new state stays
     assert _by_index(rec)[2] == [{"i": 2}, 0, True, "p-b", 2]
+
+
+def test_a_finished_job_is_recorded_with_its_last_shards(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    job = _job(shards=1)
+    j.add_job(job, request_id=None)
+    job.status, job.finished_at = "succeeded", 9.0
+    j.shards_done([("j1", 0, "p-a")], [job])
+    (rec,) = Journal(tmp_path / "j.sqlite").load()
+    assert (rec.status, rec.finished_at) == ("succeeded", 9.0)
+    assert _by_index(rec) == {0: [{"i": 0}, 0, True, "p-a", 1]}
