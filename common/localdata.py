@@ -2,8 +2,9 @@
 
 A provider or client on the head's machine that can read the head's data
 directory maps the job files there (the page cache is shared), so a shard's
-inputs are read in place and a result block is written straight into the
-memory-mapped output: no bytes are encoded, sent, received or copied twice.
+inputs are read in place and a result block is written into the output file
+(``pwrite`` for a block of whole rows): no bytes are encoded, sent, received
+or copied twice.
 
 Who may do it is proved, not claimed: the head writes a random token into
 ``DATA_DIR/local-probe`` (readable by its own user only) and tells peers the
@@ -146,8 +147,8 @@ class LocalFiles:
         self.root = Path(root).resolve()
         self.proof = proof_of(token)
 
-    def array(self, ref: dict[str, Any], mode: str = "r") -> np.ndarray:
-        """The referenced region; ``mode`` "r" (read), "r+" (write through) or "c" (private copy on write)."""
+    def _region(self, ref: dict[str, Any]) -> tuple[Path, np.dtype, tuple, tuple, int]:
+        """The checked parts of a reference: (path, dtype, shape, strides, offset)."""
         try:
             path = (self.root / ref["file"]).resolve()
             dtype = np.dtype(ref["dtype"])
@@ -158,5 +159,50 @@ class LocalFiles:
             raise ValueError(f"local array reference {ref['file']!r} is outside the head's data directory")
         if dtype.hasobject or any(s < 0 for s in strides) or offset < 0:
             raise ValueError(f"bad local array reference {ref!r}")
+        return path, dtype, shape, strides, offset
+
+    def array(self, ref: dict[str, Any], mode: str = "r") -> np.ndarray:
+        """The referenced region; ``mode`` "r" (read), "r+" (write through) or "c" (private copy on write)."""
+        path, dtype, shape, strides, offset = self._region(ref)
         mm = np.memmap(path, dtype=np.uint8, mode=mode)
         return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset, strides=strides)
+
+    def write(self, ref: dict[str, Any], arr: np.ndarray) -> bool:
+        """``arr`` into the referenced region with ``pwrite`` if the region is one contiguous run of bytes (a
+        block of whole rows), else False (write through ``array(ref, "r+")``). No page of the file is mapped
+        here: a write through a shared mapping takes a page fault per page (about 3 ms for 2 MiB on this
+        project's test VM), a ``pwrite`` copies into the page cache (0.5 ms). TypeError if ``arr`` cannot be
+        cast to the region's dtype (same kind); ValueError if the region is not within the file."""
+        path, dtype, shape, strides, offset = self._region(ref)
+        if not hasattr(os, "pwrite") or tuple(arr.shape) != shape or strides != _c_strides(shape, dtype.itemsize):
+            return False
+        if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+            raise TypeError(f"cannot write {arr.dtype} into a {dtype} array")
+        data = memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            if offset + len(data) > os.fstat(fd).st_size:
+                raise ValueError(f"local array reference {ref['file']!r}: the region ends past the file")
+            while data:
+                done = os.pwrite(fd, data, offset)
+                data, offset = data[done:], offset + done
+        finally:
+            os.close(fd)
+        return True
+
+
+def is_run(ref: dict[str, Any]) -> bool:
+    """Whether a reference names one contiguous run of bytes (what ``LocalFiles.write`` takes whole)."""
+    try:
+        return tuple(ref["strides"]) == _c_strides(tuple(ref["shape"]), np.dtype(ref["dtype"]).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    """The strides of a C-contiguous array of ``shape``."""
+    strides, step = [], itemsize
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))

@@ -274,6 +274,7 @@ class Fetch(Message):
     type = MsgType.FETCH
     job_id: str
     local: bool = False  # a client on the head's machine: name the output files instead of sending them
+    wait: float = 0.0  # as Status.wait: the head may hold the reply until the job ends
 
 
 @dataclass(kw_only=True)

@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import msgpack
 import numpy as np
@@ -25,15 +25,16 @@ if TYPE_CHECKING:
 _REMEMBERED_REPLIES = 4096
 MAX_EVENTS_PER_REPLY = 500  # keeps an event_list reply's header well under the 256 KiB header limit
 PAGE_BYTES = 160 * 1024  # summaries per job_list or provider_list reply, packed (the header limit is 256 KiB)
-MAX_STATUS_WAIT = 10.0  # a held status request is answered within this, its job finished or not
+MAX_STATUS_WAIT = 10.0  # a held status or fetch request is answered within this, its job finished or not
 
 
 @dataclass(frozen=True)
 class Held:
-    """A handler's answer meaning "reply later": the status of ``job_id`` once it ends or at ``deadline``."""
+    """A handler's answer meaning "reply later": ``answer(job)`` once ``job_id`` ends or at ``deadline``."""
 
     job_id: str
     deadline: float
+    answer: Callable[[Job], protocol.Message]
 
 
 def _open_uploads(uploads: dict[str, Path]) -> dict[str, np.ndarray]:
@@ -45,6 +46,10 @@ def _open_uploads(uploads: dict[str, Path]) -> dict[str, np.ndarray]:
         except (OSError, ValueError) as e:
             raise ValidationError(f"uploaded array {name!r} is not a readable .npy file: {e}") from None
     return arrays
+
+
+def _job_status(job: Job) -> protocol.JobStatus:
+    return protocol.JobStatus(job=job.summary())
 
 
 def _page(items: list, offset: int, summary=lambda x: x) -> tuple[list[dict], int | None]:
@@ -140,7 +145,8 @@ class ClientApi:
         bad = [name for name in [*msg.arrays, *uploads] if not SAFE_ARRAY_NAME.match(name)]
         if bad:
             raise ValidationError(f"array names must be letters, digits, '_' or '-' (1-64 characters): {bad}")
-        params = task.validate(msg.params, {**msg.arrays, **_open_uploads(uploads)})
+        uploaded = _open_uploads(uploads)
+        params = task.validate(msg.params, {**msg.arrays, **uploaded})
         count = task.shard_count(params)
         if count is not None and count > head.config.max_shards_per_job:
             raise ValidationError(f"{count} shards exceeds the limit of {head.config.max_shards_per_job}")
@@ -153,7 +159,7 @@ class ClientApi:
                   files=files, priority=msg.priority)
         try:
             files.save_inputs(msg.arrays)
-            files.adopt_inputs(uploads)
+            files.adopt_inputs(uploads, uploaded)
             head.counters["local_uploads"] += len(uploads)
             # the inputs are on disk: free the decoded upload before the first shards go out from the
             # memory-mapped files, so the head never holds the upload and the mapped inputs at once
@@ -184,13 +190,13 @@ class ClientApi:
     def _on_status(self, msg: protocol.Status, principal: "Principal") -> protocol.Message | Held:
         job = self._job(msg.job_id, principal)
         if msg.wait > 0 and not job.finished:  # long poll: the reply leaves when the job ends
-            return Held(job.job_id, time.monotonic() + min(msg.wait, MAX_STATUS_WAIT))
-        return protocol.JobStatus(job=job.summary())
+            return Held(job.job_id, time.monotonic() + min(msg.wait, MAX_STATUS_WAIT), _job_status)
+        return _job_status(job)
 
     # -- held status requests ------------------------------------------------------
 
     def hold(self, held: Held, envelope: list, request_id: str) -> None:
-        self._held.setdefault(held.job_id, []).append((held.deadline, envelope, request_id))
+        self._held.setdefault(held.job_id, []).append((held.deadline, envelope, request_id, held.answer))
 
     def due(self, now: float, finished: str | None = None) -> list[tuple[list, protocol.Message]]:
         """Replies for held requests whose job is ``finished`` or whose wait ran out: (envelope, reply)."""
@@ -202,22 +208,30 @@ class ClientApi:
             if keep:
                 self._held[job_id] = keep
             job = self.head.jobs.get(job_id)
-            for _, envelope, request_id in answer:
-                reply = (protocol.JobStatus(job=job.summary()) if job is not None
+            for _, envelope, request_id, reply_for in answer:
+                reply = (reply_for(job) if job is not None
                          else protocol.Error(code="unknown_job", message=f"no job {job_id!r}"))
                 reply.id = request_id
                 out.append((envelope, reply))
         return out
 
-    def _on_fetch(self, msg: protocol.Fetch, principal: "Principal") -> protocol.Message:
+    def _on_fetch(self, msg: protocol.Fetch, principal: "Principal") -> protocol.Message | Held:
         job = self._job(msg.job_id, principal)
+        local = msg.local and self.head.config.local_data
+        if msg.wait > 0 and not job.finished:  # long poll, as for status: the outputs leave when the job ends
+            return Held(job.job_id, time.monotonic() + min(msg.wait, MAX_STATUS_WAIT),
+                        lambda j: self._job_result(j, local))
+        return self._job_result(job, local)
+
+    def _job_result(self, job: Job, local: bool) -> protocol.JobResult:
+        """The job's summary, and its outputs if it succeeded (by file reference, with ``local``)."""
         arrays = job.task.outputs(job) if job.status == "succeeded" else {}
-        local = job.files.locate(arrays) if msg.local and self.head.config.local_data else {}
-        local = {name: ref for name, ref in local.items() if ref["shape"] == list(arrays[name].shape)}
-        if local:  # whole output files: the client on this machine maps them (the page cache is shared)
-            self.head.counters["local_fetches"] += len(local)
-        arrays = {name: arr for name, arr in arrays.items() if name not in local}
-        return protocol.JobResult(job=job.summary(), meta=dict(job.state), arrays=arrays, local_arrays=local)
+        refs = job.files.locate(arrays) if local else {}
+        refs = {name: ref for name, ref in refs.items() if ref["shape"] == list(arrays[name].shape)}
+        if refs:  # whole output files: the client on this machine maps them (the page cache is shared)
+            self.head.counters["local_fetches"] += len(refs)
+        arrays = {name: arr for name, arr in arrays.items() if name not in refs}
+        return protocol.JobResult(job=job.summary(), meta=dict(job.state), arrays=arrays, local_arrays=refs)
 
     def _on_cancel(self, msg: protocol.CancelJob, principal: "Principal") -> protocol.Message:
         job = self._job(msg.job_id, principal)

@@ -44,11 +44,13 @@ class JobFiles:
                 np.save(f, arr, allow_pickle=False)
             tmp.replace(path)
 
-    def adopt_inputs(self, files: dict[str, Path]) -> None:
-        """Take ``.npy`` files a client on this machine wrote (common/localdata.py) as inputs, by renaming."""
+    def adopt_inputs(self, files: dict[str, Path], opened: dict[str, np.ndarray]) -> None:
+        """Take ``.npy`` files a client on this machine wrote (common/localdata.py) as inputs, by renaming;
+        ``opened`` are their memory maps, which stay valid across the rename and become the inputs'."""
         self.root.mkdir(parents=True, exist_ok=True)
         for name, path in files.items():
             os.replace(path, self._path("in", name))
+            self._inputs[name] = opened[name]
 
     def input(self, name: str) -> np.ndarray:
         if name not in self._inputs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,6 +66,7 @@ class Client:
         self._waiters = threading.local()  # a channel per waiting thread: a held request blocks no other
         self._waiter_channels: list[ReqChannel] = []
         self._local: localdata.LocalFiles | None | bool = None if local_data else False  # None: not asked yet
+        self._writers: ThreadPoolExecutor | None = None  # writes uploads, several at once (started on first use)
 
     def request(self, msg: protocol.Message, **kwargs: Any) -> protocol.Message:
         with self._lock:
@@ -74,12 +76,17 @@ class Client:
         """A job's summary; with ``wait``, the head answers as soon as the job ends, or after ``wait`` s."""
         if wait <= 0:
             return self.request(protocol.Status(job_id=job_id)).job
+        return self.held_request(protocol.Status(job_id=job_id, wait=wait)).job
+
+    def held_request(self, msg: protocol.Status | protocol.Fetch) -> protocol.Message:
+        """A request the head may hold for ``msg.wait`` s, on this thread's own channel: a held request
+        blocks no other thread."""
         channel = getattr(self._waiters, "channel", None)
         if channel is None:
             channel = self._waiters.channel = self._new_channel()
             with self._lock:
                 self._waiter_channels.append(channel)
-        return channel.request(protocol.Status(job_id=job_id, wait=wait), timeout=self._timeout + wait).job
+        return channel.request(msg, timeout=self._timeout + msg.wait)
 
     def local_files(self) -> localdata.LocalFiles | None:
         """The head's data directory, if this client is on its machine and may use it (asked once)."""
@@ -98,7 +105,11 @@ class Client:
         msg = protocol.Submit(task_type=task_type, params=params or {}, priority=priority, arrays=arrays)
         local = self.local_files() if sum(_nbytes(a) for a in arrays.values()) >= LOCAL_MIN_BYTES else None
         if local is not None:  # the head takes them as files: one copy, no socket
-            msg.local_arrays = _write_uploads(local, {n: a for n, a in arrays.items() if isinstance(a, np.ndarray)})
+            with self._lock:
+                if self._writers is None:
+                    self._writers = ThreadPoolExecutor(4, thread_name_prefix="zcompute-upload")
+            msg.local_arrays = _write_uploads(self._writers, local,
+                                              {n: a for n, a in arrays.items() if isinstance(a, np.ndarray)})
             for name in msg.local_arrays:
                 del arrays[name]
         try:
@@ -167,6 +178,8 @@ class Client:
         return {"epoch": reply.epoch, **reply.counters}
 
     def close(self) -> None:
+        if self._writers is not None:
+            self._writers.shutdown()
         for channel in [self._channel, *self._waiter_channels]:
             channel.close()
         self._ctx.term()
@@ -178,11 +191,12 @@ class Client:
         self.close()
 
 
-def _write_uploads(local: localdata.LocalFiles, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+def _write_uploads(pool: ThreadPoolExecutor, local: localdata.LocalFiles,
+                   arrays: dict[str, np.ndarray]) -> dict[str, str]:
     """Each array into the head's uploads directory, several at once (a copy into the page cache each, and
     numpy writes without the GIL); if one fails, none is left behind."""
-    with ThreadPoolExecutor(max(1, min(len(arrays), 4))) as pool:
-        futures = {name: pool.submit(localdata.write_upload, local.root, arr) for name, arr in arrays.items()}
+    futures = {name: pool.submit(localdata.write_upload, local.root, arr) for name, arr in arrays.items()}
+    wait_all(futures.values())
     written = {name: f.result() for name, f in futures.items() if f.exception() is None}
     if len(written) < len(futures):
         localdata.discard_uploads(local.root, written.values())
@@ -224,18 +238,35 @@ class JobHandle:
 
         An unreachable head (restarting, say) does not end the wait: the job is journaled there.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         hold = LONG_POLL_PROGRESS if on_progress is not None else LONG_POLL
+        ask = lambda wait: protocol.Status(job_id=self.id, wait=wait)  # noqa: E731
+        return self._until_done(ask, timeout, hold, on_progress).job
+
+    def outputs(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Every output array of the job, after waiting for it: one held ``fetch`` answers with them as soon
+        as the job ends (errors as ``wait``)."""
+        local = self.client.local_files()
+        ask = lambda wait: protocol.Fetch(job_id=self.id, local=local is not None, wait=wait)  # noqa: E731
+        reply = self._until_done(ask, timeout, LONG_POLL)
+        # on the head's machine: the output files themselves, mapped copy-on-write (no bytes sent)
+        mapped = {name: local.array(ref, mode="c") for name, ref in reply.local_arrays.items()}
+        return {**reply.arrays, **mapped}
+
+    def _until_done(self, ask: Callable[[float], protocol.Status | protocol.Fetch], timeout: float | None,
+                    hold: float, on_progress: Callable[[dict[str, Any]], None] | None = None) -> protocol.Message:
+        """Send ``ask(wait)`` (held up to ``wait`` s by the head) until the job has succeeded; its last reply."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = hold if deadline is None else min(hold, max(0.0, deadline - time.monotonic()))
             try:
-                summary = self.client.status(self.id, wait=wait)
+                reply = self.client.held_request(ask(wait))
             except TransportError as e:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"job {self.id}: head unreachable until the timeout ({e})") from e
                 log.warning("job.head_unreachable", job_id=self.id, error=str(e))
                 time.sleep(0.5)
                 continue
+            summary = reply.job
             if on_progress is not None:
                 on_progress(summary)
             if summary["status"] == "failed":
@@ -243,19 +274,10 @@ class JobHandle:
             if summary["status"] == "cancelled":
                 raise JobCancelled(f"job {self.id} was cancelled")
             if summary["status"] == "succeeded":
-                return summary
+                return reply
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} not finished after {timeout}s "
                                    f"({summary['done']}/{summary['total']} shards)")
-
-    def outputs(self, timeout: float | None = None) -> dict[str, np.ndarray]:
-        """Every output array of the job, after waiting for it."""
-        self.wait(timeout)
-        local = self.client.local_files()
-        reply = self.client.request(protocol.Fetch(job_id=self.id, local=local is not None))
-        # on the head's machine: the output files themselves, mapped copy-on-write (no bytes sent)
-        mapped = {name: local.array(ref, mode="c") for name, ref in reply.local_arrays.items()}
-        return {**reply.arrays, **mapped}
 
     def result(self, timeout: float | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """The job's output: the array itself when there is one, else a dict of arrays."""

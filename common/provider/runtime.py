@@ -302,29 +302,39 @@ class Provider:
         return {name: self.local.array(ref) for name, ref in refs.items()}
 
     def _output_targets(self, refs: dict) -> dict[str, np.ndarray]:
-        """The regions of the head's output files this task's results go to (what can be opened here)."""
+        """The regions of the head's output files that results are written to through a mapping: those
+        ``LocalFiles.write`` cannot take whole (what cannot be opened here travels as bytes)."""
         targets = {}
         for name, ref in refs.items():
+            if localdata.is_run(ref):
+                continue
             try:
                 targets[name] = self.local.array(ref, mode="r+")
-            except (AttributeError, OSError, ValueError, TypeError) as e:  # not writable here: bytes travel
+            except (AttributeError, OSError, ValueError, TypeError) as e:
                 log.warning("task.write_in_place_failed", provider_id=self.id, output=name, error=str(e))
         return targets
 
-    @staticmethod
-    def _write_in_place(targets: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> list[str]:
-        """Copy results into their regions of the head's files (unless compute wrote them there itself);
-        returns the names written, which leave ``out``."""
+    def _write_in_place(self, refs: dict, targets: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> list[str]:
+        """Results into their regions of the head's files: with ``pwrite``, or through the mapped ``targets``
+        (unless compute wrote them there itself); returns the names written, which leave ``out``."""
         written = []
-        for name, target in targets.items():
-            arr = out.get(name)
-            if arr is None or arr.shape != target.shape:
-                continue  # the head checks the shape of what it gets, and says what is wrong
-            if arr is not target:
-                try:
-                    np.copyto(target, arr, casting="same_kind")
-                except TypeError:
+        for name, ref in refs.items():
+            arr, target = out.get(name), targets.get(name)
+            try:
+                if arr is None:
                     continue
+                if target is None:
+                    if self.local is None or not self.local.write(ref, arr):
+                        continue  # sent instead; the head checks the shape of what it gets
+                elif arr is not target:
+                    if arr.shape != target.shape:
+                        continue
+                    np.copyto(target, arr, casting="same_kind")
+            except TypeError:
+                continue
+            except (OSError, ValueError) as e:
+                log.warning("task.write_in_place_failed", provider_id=self.id, output=name, error=str(e))
+                continue
             del out[name]
             written.append(name)
         return written
@@ -339,10 +349,11 @@ class Provider:
             time.sleep(FAULTS.delay["compute"])  # a slow provider, for fault tests
         try:
             task = self.tasks[msg.task_type]
-            targets = self._output_targets(msg.params.get("_local_out", {}))
+            refs = msg.params.get("_local_out", {})
+            targets = self._output_targets(refs)
             into = {"out": targets} if targets and writes_into(task) else {}
             out = dict(task.compute(msg.params, msg.arrays, self.device.torch_name, **into))
-            written = self._write_in_place(targets, out)
+            written = self._write_in_place(refs, targets, out)
             reply: protocol.Message = protocol.Result(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
                                                       elapsed=time.perf_counter() - start, arrays=out,
                                                       written=written)

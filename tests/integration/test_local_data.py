@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common import localdata, protocol
-from common.errors import ValidationError
+from common.errors import UnknownJobError, ValidationError
 from tests.helpers import hidden_dir_wrapper, wait_until
 
 RNG = np.random.default_rng(5)
@@ -144,3 +144,21 @@ def test_long_poll_answers_when_the_job_ends(make_cluster):
         slow.cancel()  # another thread's request is not blocked by the held one
         waiter.join(5)
         assert answer["status"] == "cancelled" and time.monotonic() - start < 3
+
+
+def test_a_held_fetch_brings_the_outputs_when_the_job_ends(make_cluster):
+    cluster = make_cluster(1, env={"ZCOMPUTE_FAULTS": "delay:compute=1.0"})
+    with cluster.client() as c:
+        job = c.matmul(A, B, splits=(2, 1))
+        start = time.monotonic()
+        early = c.held_request(protocol.Fetch(job_id=job.id, local=True, wait=0.3))
+        assert early.job["status"] in ("queued", "running") and not early.arrays and not early.local_arrays
+        assert 0.25 <= time.monotonic() - start < 1.0
+        reply = c.held_request(protocol.Fetch(job_id=job.id, local=True, wait=10))
+        assert reply.job["status"] == "succeeded" and time.monotonic() - start < 5  # at the end, not after 10 s
+        np.testing.assert_allclose(c.local_files().array(reply.local_arrays["c"]), A @ B, rtol=1e-5, atol=1e-4)
+        with pytest.raises(UnknownJobError):
+            c.held_request(protocol.Fetch(job_id="nosuchjob", wait=1))
+        with cluster.client(local_data=False) as remote:  # the same, with the arrays in the reply
+            got = remote.held_request(protocol.Fetch(job_id=job.id, wait=10))
+        np.testing.assert_allclose(got.arrays["c"], A @ B, rtol=1e-5, atol=1e-4)

@@ -60,6 +60,41 @@ def test_writing_through_a_reference_lands_in_the_output(files, tmp_path):
     assert (out[2:4, 1:3] == 7).all() and out.sum() == 7 * 4
 
 
+def test_a_block_of_whole_rows_is_written_with_pwrite_and_lands(files, tmp_path):
+    job, _ = files
+    ref = job.locate({"c": job.output("c")[1:4]})["c"]
+    assert localdata.is_run(ref)
+    rows = np.arange(12, dtype=np.float64).reshape(3, 4)  # cast to the file's float32 (same kind)
+    assert localdata.LocalFiles(tmp_path, "t").write(ref, rows)
+    out = np.load(job.root / "out-c.npy")  # read back through the file, not the head's map
+    np.testing.assert_array_equal(out[1:4], rows)
+    assert out[0].sum() == 0 and out[4:].sum() == 0
+
+
+def test_a_region_that_is_not_one_run_is_left_to_the_mapping(files, tmp_path):
+    job, _ = files
+    ref = job.locate({"c": job.output("c")[2:4, 1:3]})["c"]
+    assert not localdata.is_run(ref)
+    assert localdata.LocalFiles(tmp_path, "t").write(ref, np.ones((2, 2), np.float32)) is False
+    assert localdata.LocalFiles(tmp_path, "t").write(job.locate({"c": job.output("c")})["c"],
+                                                     np.ones((2, 2), np.float32)) is False  # wrong shape
+    assert job.output("c").sum() == 0
+
+
+def test_a_write_never_leaves_its_region(files, tmp_path):
+    job, _ = files
+    peer = localdata.LocalFiles(tmp_path, "t")
+    ref = job.locate({"c": job.output("c")[4:]})["c"]
+    size = (job.root / "out-c.npy").stat().st_size
+    with pytest.raises(ValueError, match="past the file"):
+        peer.write({**ref, "offset": ref["offset"] + 64}, np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match="outside"):
+        peer.write({**ref, "file": "../x.npy"}, np.ones((2, 4), np.float32))
+    with pytest.raises(TypeError):
+        peer.write(ref, np.ones((2, 4), np.complex64))  # complex into float32: not the same kind
+    assert (job.root / "out-c.npy").stat().st_size == size and job.output("c").sum() == 0
+
+
 def test_a_copy_on_write_map_leaves_the_file_alone(files, tmp_path):
     job, _ = files
     ref = job.locate({"c": job.output("c")})["c"]
@@ -131,18 +166,22 @@ def test_matmul_computes_straight_into_a_target_of_the_right_kind():
 
 
 def test_a_failed_upload_leaves_no_file_behind(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
     from user_client.client import _write_uploads
 
     token = localdata.write_probe(tmp_path)
     local = localdata.LocalFiles(tmp_path, token)
     good = {f"a{i}": np.ones(1000) for i in range(3)}
-    written = _write_uploads(local, good)
+    pool = ThreadPoolExecutor(2)
+    written = _write_uploads(pool, local, good)
     assert sorted(os.listdir(tmp_path / localdata.UPLOADS)) == sorted(written.values())
     for name in written.values():
         (tmp_path / localdata.UPLOADS / name).unlink()
     with pytest.raises(ValueError, match="pickle"):  # an object array cannot be saved without pickle
-        _write_uploads(local, {**good, "bad": np.array([{"x": 1}], dtype=object)})
+        _write_uploads(pool, local, {**good, "bad": np.array([{"x": 1}], dtype=object)})
     assert os.listdir(tmp_path / localdata.UPLOADS) == []
+    pool.shutdown()
 
 
 def test_uploads_never_submitted_are_cleaned_once_old(tmp_path):
