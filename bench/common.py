@@ -50,6 +50,16 @@ def typical(times: list[float]) -> float:
     return min(times) if len(times) < 3 else statistics.median(times)
 
 
+def steal_s() -> float | None:
+    """CPU seconds the hypervisor has taken from this machine since boot (Linux /proc/stat; None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")  # cpu user nice system idle iowait irq softirq steal
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "blas": blas_info(), "openblas_override_removed": os.environ.get("ZCOMPUTE_BENCH_BLAS_OVERRIDE_WAS")}

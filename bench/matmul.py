@@ -1,6 +1,6 @@
 """Matmul on a local cluster of 2 providers (1 BLAS thread each) against numpy and Dask in the same run.
 
-    python bench/matmul.py [--sizes 1024 2048 4096] [--splits 2x1] [--repeat 3] [--no-dask]
+    python bench/matmul.py [--sizes 1024 2048 4096] [--splits 2x1] [--repeat 5] [--no-dask]
 
 Every method starts from A and B in this process and ends with C here. zcompute: a LocalCluster
 of PROVIDERS providers, ``Client.matmul(a, b, splits)``: ``cluster_s`` as a user gets it (client and
@@ -11,7 +11,9 @@ Dask: a distributed LocalCluster of PROVIDERS worker processes x 1 thread (BLAS 
 ``(da.from_array(a, row chunks of the same split) @ da.from_array(b)).compute()``, so the arrays travel
 with the graph as zcompute's travel with the job. floor: the split's blocks computed by PROVIDERS
 processes (1 BLAS thread each) at once, with nothing sent: what any such cluster must at least take
-(``floor_vs_2t`` is the best ratio the split allows on this machine). Prints the times and ratios
+(``floor_vs_2t`` is the best ratio the split allows on this machine). zcompute, numpy and the floor are
+timed interleaved, round by round (``interleaved``), so a burst of load from the machine's neighbours
+(``steal_cores``: what the hypervisor took) falls on all of them alike. Prints the times and ratios
 (ratio_vs_2t above 1: slower than numpy with 2 threads; dask_over_cluster above 1: zcompute is faster
 than Dask); writes bench/results/matmul.json.
 """
@@ -23,10 +25,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, best_of, clean_blas_env, machine, print_table, save, typical  # noqa: E402
+from bench.common import (RESULTS, best_of, clean_blas_env, machine, print_table, save, steal_s,  # noqa: E402
+                          typical)
 
 
 #: at most this many times numpy with 2 BLAS threads (issue 9, target 1)
@@ -37,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--splits", default="2x1")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5, help="rounds (each method once per round, interleaved)")
     p.add_argument("--providers", type=int, default=2)
     p.add_argument("--no-dask", action="store_true", help="skip the Dask distributed run")
     return p
@@ -77,50 +81,79 @@ def dask_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int)
                 os.environ[k] = v
 
 
-def _floor_worker(conn, a, b, blocks, repeat: int) -> None:
-    """One process's share of the blocks, on 1 BLAS thread, ``repeat`` times at the parent's signal."""
+def _floor_worker(conn, a, b, blocks) -> None:
+    """One process's share of the blocks, on 1 BLAS thread, each time the parent says so (False: stop)."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
     outs = [np.empty((r1 - r0, c1 - c0), np.float32) for r0, r1, c0, c1 in blocks]
     with threadpool_limits(limits=1):
-        for _ in range(repeat + 1):  # the first is a warm-up
-            conn.recv()
+        while conn.recv():
             start = time.monotonic()
             for (r0, r1, c0, c1), out in zip(blocks, outs):
                 np.matmul(a[r0:r1], b[:, c0:c1], out=out)
             conn.send((start, time.monotonic()))
 
 
-def floor_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int) -> dict[int, float | None]:
+class Floor:
     """The split's compute alone: WORKERS processes, 1 BLAS thread each, computing the blocks the cluster's
-    providers would (round robin) at the same moment into their own memory, with nothing sent; seconds from
-    the first start to the last end. The cluster cannot beat it: what it adds is its overhead."""
-    import multiprocessing as mp
+    providers would (round robin) at the same moment into their own memory, with nothing sent; ``once()`` is
+    the seconds from the first start to the last end. The cluster cannot beat it: what it adds is its
+    overhead. Needs ``fork`` (the children share A and B): ``Floor.start`` is None without it."""
 
-    if "fork" not in mp.get_all_start_methods():
-        return {n: None for n in inputs}  # the children would need the arrays sent: not the same measure
-    rows, cols = _split_counts(splits)
-    out = {}
-    for n, (a, b) in inputs.items():
-        rs, cs = -(-n // rows), -(-n // cols)
-        blocks = [(r, min(n, r + rs), c, min(n, c + cs)) for r in range(0, n, rs) for c in range(0, n, cs)]
+    def __init__(self, pipes, procs):
+        self.pipes, self.procs = pipes, procs
+
+    @classmethod
+    def start(cls, a, b, splits: str, workers: int) -> "Floor | None":
+        import multiprocessing as mp
+
+        if "fork" not in mp.get_all_start_methods():
+            return None  # the children would need the arrays sent: not the same measure
+        rows, cols = _split_counts(splits)
+        n, m = a.shape[0], b.shape[1]
+        rs, cs = -(-n // rows), -(-m // cols)
+        blocks = [(r, min(n, r + rs), c, min(m, c + cs)) for r in range(0, n, rs) for c in range(0, m, cs)]
         ctx, pipes, procs = mp.get_context("fork"), [], []
         for w in range(workers):
             parent, child = ctx.Pipe()
-            procs.append(ctx.Process(target=_floor_worker, args=(child, a, b, blocks[w::workers], repeat)))
+            procs.append(ctx.Process(target=_floor_worker, args=(child, a, b, blocks[w::workers]), daemon=True))
             pipes.append(parent)
             procs[-1].start()
-        times = []
-        for i in range(repeat + 1):
-            for conn in pipes:
-                conn.send(None)
-            spans = [conn.recv() for conn in pipes]
-            if i:
-                times.append(max(end for _, end in spans) - min(start for start, _ in spans))
-        for p in procs:
+        return cls(pipes, procs)
+
+    def once(self) -> float:
+        for conn in self.pipes:
+            conn.send(True)
+        spans = [conn.recv() for conn in self.pipes]
+        return max(end for _, end in spans) - min(start for start, _ in spans)
+
+    def close(self) -> None:
+        for conn in self.pipes:
+            conn.send(False)
+        for p in self.procs:
             p.join()
-        out[n] = typical(times)
+
+
+def interleaved(methods: dict[str, Callable[[], Any]], rounds: int, settle: float = 0.2) -> dict[str, Any]:
+    """Each method once to warm up, then ``rounds`` rounds of each method once, in an order that rotates
+    every round, with ``settle`` seconds between runs (a 2-thread BLAS call leaves its threads spinning for
+    about 0.1 s). Bursts of load from the machine's neighbours then fall on every method alike, not on
+    whichever ran during them. Returns each method's typical seconds, and ``steal_cores``: CPU the
+    hypervisor took per wall second meanwhile."""
+    for fn in methods.values():
+        fn()
+    names, times = list(methods), {name: [] for name in methods}
+    steal0, t0 = steal_s(), time.monotonic()
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(settle)
+            start = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - start)
+    steal1 = steal_s()
+    out: dict[str, Any] = {name: typical(t) for name, t in times.items()}
+    out["steal_cores"] = None if steal0 is None or steal1 is None else (steal1 - steal0) / (time.monotonic() - t0)
     return out
 
 
@@ -130,34 +163,42 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     from user_client import LocalCluster
 
-    rows = []
     rng = np.random.default_rng(0)
     inputs = {n: (rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32))
               for n in args.sizes}
 
-    def cluster_times(head_args: list[str]) -> dict[int, float]:
-        with LocalCluster(args.providers, blas_threads=1, insecure=True, head_args=head_args) as cluster, \
-                cluster.client(timeout=120) as c:
-            out = {}
-            for n, (a, b) in inputs.items():
-                c.matmul(a, b, splits=args.splits).result()  # warm up: page cache, BLAS, sockets
-                out[n] = best_of(lambda: c.matmul(a, b, splits=args.splits).result(), args.repeat)
-            return out
-
-    cluster, wire = cluster_times([]), cluster_times(["--no-local-data"])
-    floor = floor_times(inputs, args.splits, args.providers, args.repeat)
-    for n, (a, b) in inputs.items():
-        cluster_s = cluster[n]
-        numpy_s = {}
-        for threads in (1, 2):
+    def numpy_with(threads: int, a, b) -> Callable[[], Any]:
+        def go():
             with threadpool_limits(limits=threads):
-                a @ b
-                numpy_s[threads] = best_of(lambda: a @ b, args.repeat)
-        rows.append({"n": n, "splits": args.splits, "cluster_s": cluster_s, "wire_s": wire[n],
-                     "numpy_1t_s": numpy_s[1], "numpy_2t_s": numpy_s[2], "ratio_vs_1t": cluster_s / numpy_s[1],
-                     "ratio_vs_2t": cluster_s / numpy_s[2], "wire_vs_2t": wire[n] / numpy_s[2],
-                     "target_vs_2t": TARGETS.get(n), "floor_s": floor[n],
-                     "floor_vs_2t": None if floor[n] is None else floor[n] / numpy_s[2]})
+                return a @ b
+        return go
+
+    measured = {}
+    with LocalCluster(args.providers, blas_threads=1, insecure=True) as cluster, \
+            cluster.client(timeout=120) as c:
+        for n, (a, b) in inputs.items():
+            floor = Floor.start(a, b, args.splits, args.providers)
+            methods = {"cluster_s": lambda a=a, b=b: c.matmul(a, b, splits=args.splits).result(),
+                       "numpy_2t_s": numpy_with(2, a, b), "numpy_1t_s": numpy_with(1, a, b)}
+            if floor is not None:
+                methods["floor_s"] = floor.once
+            try:
+                measured[n] = interleaved(methods, args.repeat)
+            finally:
+                if floor is not None:
+                    floor.close()
+    with LocalCluster(args.providers, blas_threads=1, insecure=True, head_args=["--no-local-data"]) as cluster, \
+            cluster.client(timeout=120) as c:
+        for n, (a, b) in inputs.items():
+            c.matmul(a, b, splits=args.splits).result()  # warm up: page cache, BLAS, sockets
+            measured[n]["wire_s"] = best_of(lambda: c.matmul(a, b, splits=args.splits).result(), args.repeat)
+    rows = []
+    for n, m in measured.items():
+        numpy_2t = m["numpy_2t_s"]
+        rows.append({"n": n, "splits": args.splits, **m, "ratio_vs_1t": m["cluster_s"] / m["numpy_1t_s"],
+                     "ratio_vs_2t": m["cluster_s"] / numpy_2t, "wire_vs_2t": m["wire_s"] / numpy_2t,
+                     "target_vs_2t": TARGETS.get(n), "floor_s": m.get("floor_s"),
+                     "floor_vs_2t": m["floor_s"] / numpy_2t if m.get("floor_s") else None})
     if not args.no_dask:  # after our cluster stopped: the two never share the cores
         for row, (n, seconds) in zip(rows, dask_times(inputs, args.splits, args.providers, args.repeat).items()):
             row.update(dask_s=seconds, dask_over_cluster=seconds / row["cluster_s"],
@@ -172,10 +213,10 @@ def main() -> None:
     rows = run(args)
     info = machine()
     print(f"cores {info['cores']}, BLAS {info['blas']}, providers {args.providers} x 1 BLAS thread, "
-          f"median of {args.repeat}")
+          f"median of {args.repeat} interleaved rounds")
     print_table("matmul float32: cluster vs numpy (ratio < 1 means the cluster is faster)", rows,
                 ["n", "splits", "cluster_s", "wire_s", "numpy_1t_s", "numpy_2t_s", "floor_s", "dask_s", "ratio_vs_2t",
-                 "target_vs_2t", "floor_vs_2t", "wire_vs_2t", "dask_over_cluster", "dask_over_wire"])
+                 "target_vs_2t", "floor_vs_2t", "wire_vs_2t", "dask_over_cluster", "dask_over_wire", "steal_cores"])
     print(f"\nwrote {RESULTS / 'matmul.json'}")
 
 

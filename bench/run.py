@@ -53,7 +53,9 @@ def matmul_targets(rows: list[Row]) -> list[Row]:
                                f"{_f(r['cluster_s'], 3)} s vs {_f(r['numpy_2t_s'], 3)} s; arrays over tcp "
                                f"(--no-local-data) {_f(r['wire_s'], 3)} s = {_f(r['wire_vs_2t'])}×"
                                + ("" if r.get("floor_vs_2t") is None else
-                                  f"; the split's compute alone (no cluster) {_f(r['floor_vs_2t'])}×")))
+                                  f"; the split's compute alone (no cluster) {_f(r['floor_vs_2t'])}×")
+                               + ("" if r.get("steal_cores") is None else
+                                  f"; hypervisor steal {_f(r['steal_cores'])} cores")))
         if r.get("dask_s") is not None and r["n"] == max(x["n"] for x in rows):
             out.append(_target(f"matmul {r['n']}² f32, split {r['splits']}: Dask time / zcompute time",
                                r["dask_over_cluster"], "≥ 2", r["dask_over_cluster"] >= 2,

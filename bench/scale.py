@@ -52,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, print_table, save  # noqa: E402
+from bench.common import machine, print_table, save, steal_s  # noqa: E402
 
 HEARTBEAT_P99_MS = 100.0
 IDLE_CPU_CORES = 0.5
@@ -162,15 +162,6 @@ class Head:
                 self.proc.wait()
 
 
-def _steal_s() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")  # cpu user nice system idle iowait irq softirq steal
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -185,11 +176,11 @@ class Window:
         self.head, self.sims, self.t0 = head, sims, time.monotonic()
         self.cpu0, self.sim0 = head.cpu_s(), sims.cpu_s() if sims else 0.0
         self.wait0 = head.heartbeat_wait()
-        self.steal0 = _steal_s()
+        self.steal0 = steal_s()
 
     def steal_cores(self) -> float | None:
         """CPU time the hypervisor took from this machine per wall second (Linux /proc/stat; None elsewhere)."""
-        now = _steal_s()
+        now = steal_s()
         return None if now is None or self.steal0 is None else (now - self.steal0) / self.seconds()
 
     def wait_p99_ms(self) -> float | None:
