@@ -20,6 +20,7 @@ data directory: ``{"file", "offset", "shape", "strides", "dtype"}``.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ import numpy as np
 PROBE_FILE = "local-probe"
 UPLOADS = "uploads"  # clients on the head's machine write submitted arrays here
 UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.npy$")
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds")  # moved in numpy 2
 
 
@@ -162,8 +164,23 @@ class LocalFiles:
         return path, dtype, shape, strides, offset
 
     def array(self, ref: dict[str, Any], mode: str = "r") -> np.ndarray:
-        """The referenced region; ``mode`` "r" (read), "r+" (write through) or "c" (private copy on write)."""
+        """The referenced region; ``mode`` "r" (read), "r+" (write through) or "c" (private copy on write).
+
+        To read, only the pages the region spans are mapped, with ``MAP_POPULATE`` where there is one: the
+        kernel maps them from the page cache in one pass instead of a fault at a time (a 1024² float32
+        shard's inputs: about 1 ms of its 14)."""
         path, dtype, shape, strides, offset = self._region(ref)
+        if mode == "r" and _POPULATE and all(shape):
+            end = offset + sum((n - 1) * s for n, s in zip(shape, strides)) + dtype.itemsize
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            with open(path, "rb") as f:
+                if end > os.fstat(f.fileno()).st_size:
+                    raise ValueError(f"local array reference {ref['file']!r}: the region ends past the file")
+                mm = mmap.mmap(f.fileno(), end - start, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ,
+                               offset=start)
+            arr = np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset - start, strides=strides)
+            arr.flags.writeable = False
+            return arr
         mm = np.memmap(path, dtype=np.uint8, mode=mode)
         return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset, strides=strides)
 

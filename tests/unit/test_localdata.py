@@ -92,6 +92,8 @@ def test_a_write_never_leaves_its_region(files, tmp_path):
         peer.write({**ref, "file": "../x.npy"}, np.ones((2, 4), np.float32))
     with pytest.raises(TypeError):
         peer.write(ref, np.ones((2, 4), np.complex64))  # complex into float32: not the same kind
+    with pytest.raises(ValueError, match="past the file"):  # nor does a read
+        peer.array({**ref, "offset": ref["offset"] + 64})
     assert (job.root / "out-c.npy").stat().st_size == size and job.output("c").sum() == 0
 
 
