@@ -191,7 +191,7 @@ class LocalFiles:
         project's test VM), a ``pwrite`` copies into the page cache (0.5 ms). TypeError if ``arr`` cannot be
         cast to the region's dtype (same kind); ValueError if the region is not within the file."""
         path, dtype, shape, strides, offset = self._region(ref)
-        if not hasattr(os, "pwrite") or tuple(arr.shape) != shape or strides != _c_strides(shape, dtype.itemsize):
+        if not pwrite_region(ref) or tuple(arr.shape) != shape:
             return False
         if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
             raise TypeError(f"cannot write {arr.dtype} into a {dtype} array")
@@ -208,10 +208,12 @@ class LocalFiles:
         return True
 
 
-def is_run(ref: dict[str, Any]) -> bool:
-    """Whether a reference names one contiguous run of bytes (what ``LocalFiles.write`` takes whole)."""
+def pwrite_region(ref: dict[str, Any]) -> bool:
+    """Whether ``LocalFiles.write`` takes this region whole: one contiguous run of bytes, on a system with
+    ``pwrite`` (not Windows)."""
     try:
-        return tuple(ref["strides"]) == _c_strides(tuple(ref["shape"]), np.dtype(ref["dtype"]).itemsize)
+        return hasattr(os, "pwrite") and (
+            tuple(ref["strides"]) == _c_strides(tuple(ref["shape"]), np.dtype(ref["dtype"]).itemsize))
     except (KeyError, TypeError, ValueError):
         return False
 

@@ -306,7 +306,7 @@ class Provider:
         ``LocalFiles.write`` cannot take whole (what cannot be opened here travels as bytes)."""
         targets = {}
         for name, ref in refs.items():
-            if localdata.is_run(ref):
+            if localdata.pwrite_region(ref):
                 continue
             try:
                 targets[name] = self.local.array(ref, mode="r+")

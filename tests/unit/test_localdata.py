@@ -63,7 +63,7 @@ def test_writing_through_a_reference_lands_in_the_output(files, tmp_path):
 def test_a_block_of_whole_rows_is_written_with_pwrite_and_lands(files, tmp_path):
     job, _ = files
     ref = job.locate({"c": job.output("c")[1:4]})["c"]
-    assert localdata.is_run(ref)
+    assert localdata.pwrite_region(ref)
     rows = np.arange(12, dtype=np.float64).reshape(3, 4)  # cast to the file's float32 (same kind)
     assert localdata.LocalFiles(tmp_path, "t").write(ref, rows)
     out = np.load(job.root / "out-c.npy")  # read back through the file, not the head's map
@@ -74,7 +74,7 @@ def test_a_block_of_whole_rows_is_written_with_pwrite_and_lands(files, tmp_path)
 def test_a_region_that_is_not_one_run_is_left_to_the_mapping(files, tmp_path):
     job, _ = files
     ref = job.locate({"c": job.output("c")[2:4, 1:3]})["c"]
-    assert not localdata.is_run(ref)
+    assert not localdata.pwrite_region(ref)
     assert localdata.LocalFiles(tmp_path, "t").write(ref, np.ones((2, 2), np.float32)) is False
     assert localdata.LocalFiles(tmp_path, "t").write(job.locate({"c": job.output("c")})["c"],
                                                      np.ones((2, 2), np.float32)) is False  # wrong shape
@@ -165,6 +165,30 @@ def test_matmul_computes_straight_into_a_target_of_the_right_kind():
     wrong = np.zeros((3, 2), np.float64)  # another dtype: a result of its own, copied (or sent) later
     got = task.compute({}, {"a": a, "b": b}, "cpu", out={"c": wrong})["c"]
     assert got is not wrong and got.dtype == np.float32 and not wrong.any()
+
+
+@pytest.mark.parametrize("has_pwrite", [True, False])
+def test_a_provider_writes_results_into_their_regions(files, tmp_path, monkeypatch, has_pwrite):
+    """Whole rows go by pwrite where there is one; a column block, or any block without pwrite (Windows),
+    through a mapped target; a result of the wrong shape stays in ``out`` to be sent."""
+    from types import SimpleNamespace
+
+    from common.provider.runtime import Provider
+
+    if not has_pwrite:
+        monkeypatch.delattr(os, "pwrite")
+    job, _ = files
+    refs = {"rows": job.locate({"c": job.output("c")[0:2]})["c"],
+            "cols": job.locate({"c": job.output("c")[2:6, 1:3]})["c"],
+            "bad": job.locate({"c": job.output("c")[2:3]})["c"]}
+    peer = SimpleNamespace(local=localdata.LocalFiles(tmp_path, "t"), id="p1")
+    targets = Provider._output_targets(peer, refs)
+    assert set(targets) == ({"cols"} if has_pwrite else {"rows", "cols", "bad"})
+    out = {"rows": np.full((2, 4), 1.0), "cols": np.full((4, 2), 2.0), "bad": np.ones((5, 5))}
+    assert sorted(Provider._write_in_place(peer, refs, targets, out)) == ["cols", "rows"]
+    assert list(out) == ["bad"]
+    got = np.load(job.root / "out-c.npy")
+    assert (got[0:2] == 1).all() and (got[2:6, 1:3] == 2).all() and got[2:6, [0, 3]].sum() == 0
 
 
 def test_a_failed_upload_leaves_no_file_behind(tmp_path):
