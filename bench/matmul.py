@@ -174,19 +174,21 @@ def run(args: argparse.Namespace) -> list[dict]:
         return go
 
     measured = {}
-    with LocalCluster(args.providers, blas_threads=1, insecure=True) as cluster, \
-            cluster.client(timeout=120) as c:
-        for n, (a, b) in inputs.items():
-            floor = Floor.start(a, b, args.splits, args.providers)
-            methods = {"cluster_s": lambda a=a, b=b: c.matmul(a, b, splits=args.splits).result(),
-                       "numpy_2t_s": numpy_with(2, a, b), "numpy_1t_s": numpy_with(1, a, b)}
-            if floor is not None:
-                methods["floor_s"] = floor.once
-            try:
+    # forked before the cluster's client starts threads (a child of a threaded process may inherit a held lock)
+    floors = {n: Floor.start(a, b, args.splits, args.providers) for n, (a, b) in inputs.items()}
+    try:
+        with LocalCluster(args.providers, blas_threads=1, insecure=True) as cluster, \
+                cluster.client(timeout=120) as c:
+            for n, (a, b) in inputs.items():
+                methods = {"cluster_s": lambda a=a, b=b: c.matmul(a, b, splits=args.splits).result(),
+                           "numpy_2t_s": numpy_with(2, a, b), "numpy_1t_s": numpy_with(1, a, b)}
+                if floors[n] is not None:
+                    methods["floor_s"] = floors[n].once
                 measured[n] = interleaved(methods, args.repeat)
-            finally:
-                if floor is not None:
-                    floor.close()
+    finally:
+        for floor in floors.values():
+            if floor is not None:
+                floor.close()
     with LocalCluster(args.providers, blas_threads=1, insecure=True, head_args=["--no-local-data"]) as cluster, \
             cluster.client(timeout=120) as c:
         for n, (a, b) in inputs.items():

@@ -20,16 +20,19 @@ data directory: ``{"file", "offset", "shape", "strides", "dtype"}``.
 from __future__ import annotations
 
 import hashlib
+import math
 import mmap
 import os
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+MAX_DIMS = 64
 PROBE_FILE = "local-probe"
 UPLOADS = "uploads"  # clients on the head's machine write submitted arrays here
 UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.npy$")
@@ -149,63 +152,78 @@ class LocalFiles:
         self.root = Path(root).resolve()
         self.proof = proof_of(token)
 
-    def _region(self, ref: dict[str, Any]) -> tuple[Path, np.dtype, tuple, tuple, int]:
-        """The checked parts of a reference: (path, dtype, shape, strides, offset)."""
+    def _region(self, ref: dict[str, Any], writing: bool = False) -> _Region:
+        """The checked parts of a reference: a region of a file under the data directory (under its
+        ``jobs/`` to write), with whole non-negative numbers, at most 64 dimensions, within the file."""
         try:
             path = (self.root / ref["file"]).resolve()
             dtype = np.dtype(ref["dtype"])
-            shape, strides, offset = tuple(ref["shape"]), tuple(ref["strides"]), int(ref["offset"])
+            shape, strides, offset = tuple(ref["shape"]), tuple(ref["strides"]), ref["offset"]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"bad local array reference {ref!r}: {e}") from None
-        if self.root not in path.parents:
-            raise ValueError(f"local array reference {ref['file']!r} is outside the head's data directory")
-        if dtype.hasobject or any(s < 0 for s in strides) or offset < 0:
+        numbers = (*shape, *strides, offset)
+        if (dtype.hasobject or len(shape) != len(strides) or len(shape) > MAX_DIMS
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in numbers)):
             raise ValueError(f"bad local array reference {ref!r}")
-        return path, dtype, shape, strides, offset
+        inside = self.root / "jobs" if writing else self.root
+        if inside not in path.parents:
+            raise ValueError(f"local array reference {ref['file']!r} is outside {inside}")
+        end = offset + sum((n - 1) * s for n, s in zip(shape, strides)) + dtype.itemsize if all(shape) else offset
+        if end > path.stat().st_size:
+            raise ValueError(f"local array reference {ref['file']!r}: the region ends past the file")
+        return _Region(path, dtype, shape, strides, offset, end)
 
     def array(self, ref: dict[str, Any], mode: str = "r") -> np.ndarray:
         """The referenced region; ``mode`` "r" (read), "r+" (write through) or "c" (private copy on write).
 
-        To read, only the pages the region spans are mapped, with ``MAP_POPULATE`` where there is one: the
-        kernel maps them from the page cache in one pass instead of a fault at a time (a 1024² float32
-        shard's inputs: about 1 ms of its 14)."""
-        path, dtype, shape, strides, offset = self._region(ref)
-        if mode == "r" and _POPULATE and all(shape):
-            end = offset + sum((n - 1) * s for n, s in zip(shape, strides)) + dtype.itemsize
-            start = offset - offset % mmap.ALLOCATIONGRANULARITY
-            with open(path, "rb") as f:
-                if end > os.fstat(f.fileno()).st_size:
-                    raise ValueError(f"local array reference {ref['file']!r}: the region ends past the file")
-                mm = mmap.mmap(f.fileno(), end - start, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ,
-                               offset=start)
-            arr = np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset - start, strides=strides)
+        To read, only the pages the region spans are mapped, and, when the region fills them, with
+        ``MAP_POPULATE`` where there is one: the kernel maps them from the page cache in one pass instead
+        of a fault at a time (a 1024² float32 shard's inputs: about 1 ms of its 14)."""
+        r = self._region(ref, writing=mode == "r+")
+        if mode == "r" and all(r.shape) and os.name != "nt":
+            start = r.offset - r.offset % mmap.ALLOCATIONGRANULARITY
+            # populate only a region that fills its pages (rows, not a column block: that would map, and
+            # count in this process's memory, every page of the rows it crosses, not just those it reads)
+            dense = 10 * r.dtype.itemsize * math.prod(r.shape) >= 9 * (r.end - start)
+            with open(r.path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), r.end - start, flags=mmap.MAP_SHARED | (_POPULATE if dense else 0),
+                               prot=mmap.PROT_READ, offset=start)
+            arr = np.ndarray(r.shape, dtype=r.dtype, buffer=mm, offset=r.offset - start, strides=r.strides)
             arr.flags.writeable = False
             return arr
-        mm = np.memmap(path, dtype=np.uint8, mode=mode)
-        return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset, strides=strides)
+        mm = np.memmap(r.path, dtype=np.uint8, mode=mode)
+        return np.ndarray(r.shape, dtype=r.dtype, buffer=mm, offset=r.offset, strides=r.strides)
 
     def write(self, ref: dict[str, Any], arr: np.ndarray) -> bool:
         """``arr`` into the referenced region with ``pwrite`` if the region is one contiguous run of bytes (a
         block of whole rows), else False (write through ``array(ref, "r+")``). No page of the file is mapped
         here: a write through a shared mapping takes a page fault per page (about 3 ms for 2 MiB on this
         project's test VM), a ``pwrite`` copies into the page cache (0.5 ms). TypeError if ``arr`` cannot be
-        cast to the region's dtype (same kind); ValueError if the region is not within the file."""
-        path, dtype, shape, strides, offset = self._region(ref)
-        if not pwrite_region(ref) or tuple(arr.shape) != shape:
+        cast to the region's dtype (same kind); ValueError if the region is not within a job's file."""
+        r = self._region(ref, writing=True)
+        if not pwrite_region(ref) or tuple(arr.shape) != r.shape:
             return False
-        if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
-            raise TypeError(f"cannot write {arr.dtype} into a {dtype} array")
-        data = memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B")
-        fd = os.open(path, os.O_WRONLY)
+        if not np.can_cast(arr.dtype, r.dtype, casting="same_kind"):
+            raise TypeError(f"cannot write {arr.dtype} into a {r.dtype} array")
+        data, offset = memoryview(np.ascontiguousarray(arr, dtype=r.dtype)).cast("B"), r.offset
+        fd = os.open(r.path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))  # not a link swapped in since
         try:
-            if offset + len(data) > os.fstat(fd).st_size:
-                raise ValueError(f"local array reference {ref['file']!r}: the region ends past the file")
             while data:
                 done = os.pwrite(fd, data, offset)
                 data, offset = data[done:], offset + done
         finally:
             os.close(fd)
         return True
+
+
+@dataclass(frozen=True)
+class _Region:
+    path: Path
+    dtype: np.dtype
+    shape: tuple
+    strides: tuple
+    offset: int
+    end: int  # one past its last byte in the file
 
 
 def pwrite_region(ref: dict[str, Any]) -> bool:

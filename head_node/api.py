@@ -70,7 +70,8 @@ class ClientApi:
         self.head = head
         self.log = head.log
         self._replies: OrderedDict[str, protocol.Message] = OrderedDict()
-        self._held: dict[str, list[tuple[float, list, str]]] = {}  # job -> (deadline, envelope, request id)
+        # job -> (deadline, envelope, request id, what to answer with) of held status and fetch requests
+        self._held: dict[str, list[tuple[float, list, str, Callable[[Job], protocol.Message]]]] = {}
         self.handlers = {
             MsgType.SUBMIT: self._idempotent(self._on_submit),
             MsgType.STATUS: self._on_status,
@@ -209,11 +210,21 @@ class ClientApi:
                 self._held[job_id] = keep
             job = self.head.jobs.get(job_id)
             for _, envelope, request_id, reply_for in answer:
-                reply = (reply_for(job) if job is not None
+                reply = (self._answer(reply_for, job) if job is not None
                          else protocol.Error(code="unknown_job", message=f"no job {job_id!r}"))
                 reply.id = request_id
                 out.append((envelope, reply))
         return out
+
+    def _answer(self, reply_for: Callable[[Job], protocol.Message], job: Job) -> protocol.Message:
+        """A held request's reply; an error building it (reading the outputs, say) is this request's alone,
+        not the finish's that answers it nor the other waiters'."""
+        try:
+            return reply_for(job)
+        except Exception as e:
+            self.log.exception("head.handler_error", error=repr(e), job_id=job.job_id)
+            self.head.counters["internal_errors"] += 1
+            return protocol.Error(code="internal", message=f"internal error: {e!r}")
 
     def _on_fetch(self, msg: protocol.Fetch, principal: "Principal") -> protocol.Message | Held:
         job = self._job(msg.job_id, principal)

@@ -14,7 +14,7 @@ import zmq
 
 from common import localdata, protocol
 from common.config import DEFAULT_PORT_BASE, HeadAddress, env_default
-from common.errors import ConfigError, JobCancelled, JobFailed, TransportError
+from common.errors import ConfigError, JobCancelled, JobFailed, TransportError, ZComputeError
 from common.logs import get_logger
 from common.reqclient import ReqChannel
 from common.security import Join
@@ -67,6 +67,8 @@ class Client:
         self._waiter_channels: list[ReqChannel] = []
         self._local: localdata.LocalFiles | None | bool = None if local_data else False  # None: not asked yet
         self._writers: ThreadPoolExecutor | None = None  # writes uploads, several at once (started on first use)
+        self._writers_lock = threading.Lock()
+        self._closed = False
 
     def request(self, msg: protocol.Message, **kwargs: Any) -> protocol.Message:
         with self._lock:
@@ -105,10 +107,7 @@ class Client:
         msg = protocol.Submit(task_type=task_type, params=params or {}, priority=priority, arrays=arrays)
         local = self.local_files() if sum(_nbytes(a) for a in arrays.values()) >= LOCAL_MIN_BYTES else None
         if local is not None:  # the head takes them as files: one copy, no socket
-            with self._lock:
-                if self._writers is None:
-                    self._writers = ThreadPoolExecutor(4, thread_name_prefix="zcompute-upload")
-            msg.local_arrays = _write_uploads(self._writers, local,
+            msg.local_arrays = _write_uploads(self._upload_pool(), local,
                                               {n: a for n, a in arrays.items() if isinstance(a, np.ndarray)})
             for name in msg.local_arrays:
                 del arrays[name]
@@ -177,9 +176,19 @@ class Client:
         reply = self.request(protocol.Stats())
         return {"epoch": reply.epoch, **reply.counters}
 
+    def _upload_pool(self) -> ThreadPoolExecutor:
+        with self._writers_lock:
+            if self._closed:
+                raise ZComputeError("the client is closed")
+            if self._writers is None:
+                self._writers = ThreadPoolExecutor(4, thread_name_prefix="zcompute-upload")
+            return self._writers
+
     def close(self) -> None:
-        if self._writers is not None:
-            self._writers.shutdown()
+        with self._writers_lock:
+            self._closed, writers = True, self._writers
+        if writers is not None:
+            writers.shutdown()
         for channel in [self._channel, *self._waiter_channels]:
             channel.close()
         self._ctx.term()

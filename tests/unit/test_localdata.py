@@ -124,8 +124,22 @@ def test_references_cannot_leave_the_data_directory(files, tmp_path):
         peer.array({**ref, "dtype": "O"})
     with pytest.raises(ValueError):
         peer.array({"file": ref["file"]})
-    with pytest.raises((ValueError, TypeError)):  # larger than the file
-        localdata.LocalFiles(tmp_path, "t").array({**ref, "shape": [6000, 10]})
+    peer = localdata.LocalFiles(tmp_path, "t")
+    with pytest.raises(ValueError, match="past the file"):  # larger than the file, in every mode
+        for mode in ("r", "r+", "c"):
+            peer.array({**ref, "shape": [6000, 10]}, mode=mode)
+    for bad in ({"shape": [-6, 10]}, {"shape": [6.0, 10]}, {"shape": [6]}, {"offset": True},
+                {"shape": [1] * 65, "strides": [4] * 65}, {"strides": [40, "4"]}):
+        with pytest.raises(ValueError, match="bad local array reference"):
+            peer.array({**ref, **bad})
+    probe = localdata.write_probe(tmp_path)  # readable in place; written only under jobs/
+    probe_ref = {"file": localdata.PROBE_FILE, "offset": 0, "shape": [len(probe)], "strides": [1], "dtype": "|u1"}
+    assert bytes(peer.array(probe_ref)) == probe.encode()
+    with pytest.raises(ValueError, match="outside"):
+        peer.write(probe_ref, np.zeros(len(probe), np.uint8))
+    with pytest.raises(ValueError, match="outside"):
+        peer.array(probe_ref, mode="r+")
+    assert (tmp_path / localdata.PROBE_FILE).read_text().strip() == probe
 
 
 def test_upload_names_are_checked(tmp_path):
