@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--splits", default="2x1")
-    p.add_argument("--repeat", type=int, default=5, help="rounds (each method once per round, interleaved)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="rounds (each method once per round, interleaved); 4x as many at 1024² and below")
     p.add_argument("--providers", type=int, default=2)
     p.add_argument("--no-dask", action="store_true", help="skip the Dask distributed run")
     return p
@@ -157,6 +158,12 @@ def interleaved(methods: dict[str, Callable[[], Any]], rounds: int, settle: floa
     return out
 
 
+def rounds_for(n: int, repeat: int) -> int:
+    """More rounds for the sizes that take milliseconds (up to 4x ``repeat`` at 1024² and below): a burst
+    of steal then covers a smaller share of them, and they cost little."""
+    return repeat * min(4, max(1, (2048 // n) ** 2))
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -184,7 +191,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                            "numpy_2t_s": numpy_with(2, a, b), "numpy_1t_s": numpy_with(1, a, b)}
                 if floors[n] is not None:
                     methods["floor_s"] = floors[n].once
-                measured[n] = interleaved(methods, args.repeat)
+                measured[n] = interleaved(methods, rounds_for(n, args.repeat))
     finally:
         for floor in floors.values():
             if floor is not None:
@@ -215,7 +222,7 @@ def main() -> None:
     rows = run(args)
     info = machine()
     print(f"cores {info['cores']}, BLAS {info['blas']}, providers {args.providers} x 1 BLAS thread, "
-          f"median of {args.repeat} interleaved rounds")
+          f"median of {args.repeat} interleaved rounds ({rounds_for(1024, args.repeat)} at 1024²)")
     print_table("matmul float32: cluster vs numpy (ratio < 1 means the cluster is faster)", rows,
                 ["n", "splits", "cluster_s", "wire_s", "numpy_1t_s", "numpy_2t_s", "floor_s", "dask_s", "ratio_vs_2t",
                  "target_vs_2t", "floor_vs_2t", "wire_vs_2t", "dask_over_cluster", "dask_over_wire", "steal_cores"])
