@@ -201,7 +201,7 @@ class LocalFiles:
         project's test VM), a ``pwrite`` copies into the page cache (0.5 ms). TypeError if ``arr`` cannot be
         cast to the region's dtype (same kind); ValueError if the region is not within a job's file."""
         r = self._region(ref, writing=True)
-        if not pwrite_region(ref) or tuple(arr.shape) != r.shape:
+        if not hasattr(os, "pwrite") or r.strides != _c_strides(r.shape, r.dtype.itemsize) or arr.shape != r.shape:
             return False
         if not np.can_cast(arr.dtype, r.dtype, casting="same_kind"):
             raise TypeError(f"cannot write {arr.dtype} into a {r.dtype} array")

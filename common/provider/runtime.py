@@ -320,9 +320,9 @@ class Provider:
         written = []
         for name, ref in refs.items():
             arr, target = out.get(name), targets.get(name)
+            if arr is None:
+                continue
             try:
-                if arr is None:
-                    continue
                 if target is None:
                     if self.local is None or not self.local.write(ref, arr):
                         continue  # sent instead; the head checks the shape of what it gets
