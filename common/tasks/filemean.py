@@ -76,7 +76,7 @@ def read_numbers(url: str, length: int | None = None, ref: str = "the first file
             magic = f.read(len(NPY_MAGIC))
             f.seek(0)
             if magic == NPY_MAGIC:
-                arr = np.load(f, allow_pickle=False)
+                arr = _load_npy(f)
                 if arr.dtype.kind not in "biuf":
                     raise TaskError(f"file {url} holds {arr.dtype} values; filemean sums real numbers")
                 arr = arr.reshape(-1)
@@ -102,6 +102,31 @@ def _open(url: str):
     if compression is None and "file" in fs.protocol:
         return open(path, "rb")
     return fs.open(path, "rb", compression=compression)
+
+
+# np.load parses a .npy header with ast.literal_eval, which CPython 3.11.7 does not run safely on several
+# threads at once ("AST constructor recursion depth mismatch"): the reading threads take turns at headers
+_HEADER_LOCK = threading.Lock()
+
+
+def _load_npy(f) -> np.ndarray:
+    """A whole .npy array from an open file, its header parsed under ``_HEADER_LOCK``, its data read
+    without it."""
+    fmt = np.lib.format
+    with _HEADER_LOCK:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = header(f)
+    if dtype.hasobject:
+        raise ValueError("object arrays cannot be loaded without pickle")
+    nbytes = math.prod(shape) * dtype.itemsize
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"the file is truncated: {len(data)} of {nbytes} data bytes")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def _parse_text(f, url: str, length: int | None, ref: str) -> np.ndarray:
