@@ -13,10 +13,18 @@ from common.config import SOCKET_ROLES
 PARENT_PID_ENV = "ZCOMPUTE_PARENT_PID"
 
 
+# Below every common system's ephemeral range (Linux 32768-60999, Windows and macOS 49152-65535): a port
+# picked here is not handed out meanwhile to some process's outgoing connection or bind to port 0, which is
+# how a test cluster once lost its port between the check below and the head's bind.
+PORT_RANGE = (20000, 32767)
+
+
 def free_port_base(host: str = "127.0.0.1", count: int = len(SOCKET_ROLES), tries: int = 200) -> int:
-    """A port base with ``count`` consecutive free ports (checked by binding; a small race remains)."""
+    """A port base with ``count`` consecutive free ports (checked by binding; only an explicit bind to the
+    same port by another process in between can still take one)."""
+    low, high = PORT_RANGE
     for _ in range(tries):
-        base = random.randint(20000, 60000 - count)
+        base = random.randint(low, high - count)
         socks = []
         try:
             for port in range(base, base + count):
