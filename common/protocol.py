@@ -53,6 +53,7 @@ class MsgType(str, enum.Enum):
     FETCH = "fetch"
     JOB_RESULT = "job_result"
     CANCEL_JOB = "cancel_job"
+    DELETE_JOB = "delete_job"
     LIST_JOBS = "list_jobs"
     JOB_LIST = "job_list"
     LIST_PROVIDERS = "list_providers"
@@ -288,6 +289,12 @@ class JobResult(Message):
 @dataclass(kw_only=True)
 class CancelJob(Message):
     type = MsgType.CANCEL_JOB
+    job_id: str
+
+
+@dataclass(kw_only=True)
+class DeleteJob(Message):
+    type = MsgType.DELETE_JOB
     job_id: str
 
 

@@ -77,6 +77,7 @@ class ClientApi:
             MsgType.STATUS: self._on_status,
             MsgType.FETCH: self._on_fetch,
             MsgType.CANCEL_JOB: self._on_cancel,
+            MsgType.DELETE_JOB: self._idempotent(self._on_delete),
             MsgType.LIST_JOBS: self._on_list_jobs,
             MsgType.LIST_PROVIDERS: self._on_list_providers,
             MsgType.STATS: self._on_stats,
@@ -250,6 +251,10 @@ class ClientApi:
             self.head.apply(self.head.sched.handle(JobCancelled(time.monotonic(), job.job_id)))
             self.head.finish(job, "cancelled")
         return protocol.JobStatus(job=job.summary())
+
+    def _on_delete(self, msg: protocol.DeleteJob, principal: "Principal") -> protocol.Message:
+        self.head.retention.delete(self._job(msg.job_id, principal), reason=f"deleted by {principal.name}")
+        return protocol.Ok()
 
     def _on_list_jobs(self, msg: protocol.ListJobs, principal: "Principal") -> protocol.Message:
         jobs = [j for j in self.head.jobs.values() if msg.state in (None, j.status)

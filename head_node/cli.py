@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import signal
 import time
 from pathlib import Path
@@ -69,13 +70,16 @@ def cli() -> None:
 @click.option("--local-data/--no-local-data", default=True, envvar=opt.env("LOCAL_DATA"), show_default=True,
               help="Let providers and clients on this machine read and write job arrays in the data directory "
                    "in place, instead of sending them over the socket.")
+@click.option("--keep-finished", default="7d", envvar=opt.env("KEEP_FINISHED"), show_default=True,
+              help="How long a finished job (its arrays and events) is kept before it is deleted: seconds, "
+                   "or 90m, 12h, 30d; 0 keeps jobs until a client deletes them.")
 @opt.link_mbit
 @opt.insecure
 @opt.log_level
 @opt.log_json
 def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_after, ack_timeout, max_attempts,
           prefetch, speculate, speculate_after, straggler_factor, max_queued_jobs, max_message_mb, compression, allow_any_key,
-          advertise, http_port, http_host, local_data, link_mbit, insecure, log_level, log_json):
+          advertise, http_port, http_host, local_data, keep_finished, link_mbit, insecure, log_level, log_json):
     """Serve until stopped (Ctrl-C or SIGTERM closes cleanly)."""
     from head_node.server import HeadNode
 
@@ -88,6 +92,7 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
         prefetch=prefetch, speculate=speculate, speculate_after=speculate_after, straggler_factor=straggler_factor,
         max_queued_jobs_per_client=max_queued_jobs, compression=compression, allow_any_key=allow_any_key,
         advertise=advertise, http_port=http_port, http_host=http_host, link_mbit=link_mbit, local_data=local_data,
+        keep_finished=_duration(keep_finished),
     )
     head = HeadNode(config)
     try:
@@ -133,11 +138,12 @@ def init(data_dir, advertise, port_base):
 def _duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text[-1:] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration like 3600, 90m, 12h or 30d") from None
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{text!r} is not a duration like 3600, 90m, 12h or 30d")
+    return value
 
 
 @cli.command(epilog="Example: head-node invite --role provider --name mac-mini --ttl 30d")

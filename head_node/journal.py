@@ -146,6 +146,10 @@ class Journal:
     def update_job(self, job) -> None:
         self._tx([self._job_update(job)])
 
+    def delete_job(self, job_id: str) -> None:
+        """Forget the job: its row, its plans and its shard states, in one transaction."""
+        self._tx([(f"DELETE FROM {table} WHERE job_id=?", [(job_id,)]) for table in ("shard_states", "plans", "jobs")])
+
     def job_for_request(self, request_id: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT job_id FROM jobs WHERE request_id=?", (request_id,)).fetchone()

@@ -35,6 +35,7 @@ from head_node.commit import GroupCommit
 from head_node.journal import Journal
 from head_node.loopwatch import LoopWatch
 from head_node.recovery import recover
+from head_node.retention import Retention
 from head_node.providers import ProviderChannel
 from head_node.scheduler import Scheduler
 
@@ -45,7 +46,7 @@ SNAPSHOT_SECONDS = 0.5  # how fresh the dashboard's view is
 COMMIT_SECONDS = 0.2
 #: counters reported from the start, at 0, so a reader never meets a missing key
 COUNTERS = (
-    "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "tasks_accepted", "task_failures",
+    "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "jobs_deleted", "tasks_accepted", "task_failures",
     "reassignments", "speculative_launches", "results_fenced", "providers_dead", "publish_dropped",
     "auth_failures", "handshake_failures", "rejected_bad_message", "rejected_bad_result", "rejected_auth",
     "internal_errors", "cached_arrays_reused", "shards_dropped", "bytes_sent", "bytes_received",
@@ -105,6 +106,8 @@ class HeadNode(JobActions):
         self.auth = HeadAuth(self.keystore, config.insecure, config.allow_any_key)
         self.providers = ProviderChannel(self)
         self.api = ClientApi(self)
+        self.retention = Retention(self)
+        self.retention.finish_interrupted()
         recover(self)
 
     # -- peers on this machine (common/localdata.py) ----------------------------
@@ -266,6 +269,7 @@ class HeadNode(JobActions):
         self.apply(self.sched.handle(Tick(now)))
         self.providers.send_probes()
         self._close_late_rounds(now)
+        self.retention.sweep(now)
         between()
         self.commit.collect()
         if now >= self._next_commit:

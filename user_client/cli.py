@@ -240,6 +240,17 @@ def cancel(ctx, job_id):
     click.echo(f"job {job_id} {s['status']}")
 
 
+@cli.command(epilog="Example: user-client delete 3f2a9c1b7d4e")
+@click.argument("job_id")
+@click.pass_context
+def delete(ctx, job_id):
+    """Delete a finished job from the head (its arrays, events and record); cancel a running one first."""
+    with _client(ctx) as c:
+        with _errors():
+            c.job(job_id).delete()
+    click.echo(f"job {job_id} deleted")
+
+
 @cli.command(epilog="Example: user-client jobs --state running")
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
 @click.pass_context

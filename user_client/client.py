@@ -236,6 +236,12 @@ class JobHandle:
     def cancel(self) -> dict[str, Any]:
         return self.client.request(protocol.CancelJob(job_id=self.id)).job
 
+    def delete(self) -> None:
+        """Delete the finished job from the head: its arrays, its events and its record. An unfinished job
+        is refused (cancel it first); the head also deletes finished jobs by itself after its
+        ``--keep-finished`` time (7 days by default)."""
+        self.client.request(protocol.DeleteJob(job_id=self.id))
+
     def events(self, offset: int = 0, limit: int = 500) -> tuple[list[dict[str, Any]], int]:
         """The job's event log from line ``offset``: (events, next offset)."""
         reply = self.client.request(protocol.Events(job_id=self.id, offset=offset, limit=limit))

@@ -35,7 +35,7 @@ def test_every_script_has_help(script):
     ["head-node", "start"], ["provider", "start"], ["provider-macos", "start"], ["provider-windows", "start"],
     ["user-client", "submit", "matmul"], ["user-client", "submit", "filemean"], ["user-client", "train"],
     ["user-client", "events"], ["user-client", "watch"], ["user-client", "status"], ["user-client", "result"],
-    ["user-client", "cancel"], ["user-client", "jobs"], ["user-client", "providers"], ["user-client", "demo"],
+    ["user-client", "cancel"], ["user-client", "delete"], ["user-client", "jobs"], ["user-client", "providers"], ["user-client", "demo"],
 ])
 def test_every_command_explains_itself_with_an_example(command):
     out = run(*command, "--help")
@@ -98,6 +98,11 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
         assert out.returncode == 0 and "succeeded" in out.stdout
         out = run("user-client", "cancel", job_id, env=cenv)
         assert out.returncode == 0 and "succeeded" in out.stdout  # finished jobs stay finished
+        out = run("user-client", "delete", job_id, env=cenv)
+        assert out.returncode == 0 and f"job {job_id} deleted" in out.stdout, out.stderr
+        assert not (tmp_path / "head" / "jobs" / job_id).exists()
+        out = run("user-client", "result", job_id, "--out", str(tmp_path / "C3.npy"), env=cenv)
+        assert out.returncode == 1 and f"no job '{job_id}'" in out.stderr
 
         out = run("user-client", "status", "no-such-job", env=cenv)
         assert out.returncode == 1 and "no job 'no-such-job'" in out.stderr
@@ -114,6 +119,12 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
             p.wait(15)
         logs.close()
     assert [p.returncode for p in procs] == [0, 0, 0]
+
+
+def test_a_bad_keep_finished_is_refused_before_the_head_starts(tmp_path):
+    out = run("head-node", "start", "--insecure", "--data-dir", str(tmp_path / "head"), "--keep-finished", "-1d")
+    assert out.returncode == 2 and "'-1d' is not a duration" in out.stderr
+    assert not (tmp_path / "head").exists()  # nothing was created
 
 
 def test_bad_head_address_is_a_clear_error():

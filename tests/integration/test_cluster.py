@@ -135,3 +135,30 @@ def test_providers_sharing_one_join_string_get_only_their_own_shards(make_cluste
         computed = wait_until(lambda: (n := sum(p["computed"] for p in c.providers())) >= 20 and n, timeout=5)
         time.sleep(0.5)
         assert sum(p["computed"] for p in c.providers()) == computed == 20
+
+
+def test_finished_jobs_are_deleted_on_request_and_after_keep_finished(make_cluster):
+    cluster = make_cluster(2, head_args=["--keep-finished", "2"])
+    jobs_dir = cluster.data_dir / "head" / "jobs"
+    with cluster.client() as c:
+        a = np.arange(20.0).reshape(4, 5)
+        kept = c.matmul(a, a.T, splits=(2, 1))
+        np.testing.assert_allclose(kept.result(timeout=30), a @ a.T)
+        running = c.submit("noop", {"shards": 4, "sleep": 0.5})
+        with pytest.raises(ValidationError, match="cancel it first"):
+            running.delete()
+        assert running.wait(timeout=30)["status"] == "succeeded"  # the refusal changed nothing
+        running.delete()
+        assert not (jobs_dir / running.id).exists()
+        with pytest.raises(UnknownJobError):
+            running.status()
+        assert running.id not in {j["job_id"] for j in c.jobs()}
+        assert c.stats()["jobs_deleted"] == 1
+        # the other one goes by itself, about 2 s after it finished
+        wait_until(lambda: kept.id not in {j["job_id"] for j in c.jobs()}, timeout=15)
+        assert not (jobs_dir / kept.id).exists()
+    cluster.kill_head()
+    cluster.start_head()
+    with cluster.client() as c:
+        wait_until(lambda: c.stats() is not None, timeout=20)
+        assert c.jobs() == []  # neither came back with the restarted head

@@ -34,10 +34,11 @@ def test_alice_cannot_see_fetch_or_cancel_bobs_job(cluster, admin, alice, bob):
 
     for attempt in (lambda: alice.job(theirs.id).status(),
                     lambda: alice.request(protocol.Fetch(job_id=theirs.id)),
-                    lambda: alice.job(theirs.id).cancel()):
+                    lambda: alice.job(theirs.id).cancel(),
+                    lambda: alice.job(theirs.id).delete()):
         with pytest.raises(UnknownJobError, match=f"no job '{theirs.id}'"):  # as if it did not exist
             attempt()
-    assert delta(before, admin.stats(), "rejected_unknown_job") >= 3
+    assert delta(before, admin.stats(), "rejected_unknown_job") >= 4
 
     assert [j["job_id"] for j in alice.jobs()] == [mine.id]
     assert [j["job_id"] for j in alice.jobs(state="running")] == []
@@ -48,6 +49,8 @@ def test_alice_cannot_see_fetch_or_cancel_bobs_job(cluster, admin, alice, bob):
 
     # bob's job was not touched: it finishes, and only bob (and admin) can fetch it
     assert theirs.wait(timeout=30)["status"] == "succeeded"
+    with pytest.raises(UnknownJobError):  # finished now, and still not hers to delete
+        alice.job(theirs.id).delete()
     np.testing.assert_array_equal(theirs.result(), np.ones(4, np.uint8))
     np.testing.assert_array_equal(admin.job(theirs.id).result(), np.ones(4, np.uint8))
     with pytest.raises(UnknownJobError):

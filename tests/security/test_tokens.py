@@ -228,6 +228,7 @@ def test_viewer_can_list_but_not_submit_cancel_or_fetch(cluster, admin, admin_jo
         _refused(admin, [
             lambda: c.matmul(A, A.T),
             lambda: c.job(admin_job).cancel(),
+            lambda: c.job(admin_job).delete(),
             lambda: c.request(protocol.Fetch(job_id=admin_job)),
         ], "role 'viewer' may not send")
         assert admin_job in {j["job_id"] for j in c.jobs()}  # a viewer sees every job
