@@ -137,6 +137,13 @@ class Head:
         """The head's loop watch (head_node/loopwatch.py) from /api/state; None without the HTTP server."""
         return self.api_state().get("heartbeat_wait") if self.http_port else None
 
+    def watches(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(loop watch, garbage-collector watch) from one /api/state; (None, None) without the HTTP server."""
+        if not self.http_port:
+            return None, None
+        state = self.api_state()
+        return state.get("heartbeat_wait"), state.get("gc")
+
     def provider_states(self, client) -> dict[str, int]:
         """State -> count, from /api/state (at 1,000 providers list_providers is over the header limit)."""
         if self.http_port:
@@ -175,7 +182,7 @@ class Window:
     def __init__(self, head: Head, sims=None):
         self.head, self.sims, self.t0 = head, sims, time.monotonic()
         self.cpu0, self.sim0 = head.cpu_s(), sims.cpu_s() if sims else 0.0
-        self.wait0 = head.heartbeat_wait()
+        self.wait0, self.gc0 = head.watches()
         self.steal0 = steal_s()
 
     def steal_cores(self) -> float | None:
@@ -192,6 +199,15 @@ class Window:
             return None
         p99 = quantile([b - a for a, b in zip(self.wait0["counts"], now["counts"])], now["bounds"], 0.99)
         return None if p99 is None else p99 * 1000
+
+    def full_gcs(self) -> dict[str, float] | None:
+        """The head's full (generation 2) garbage collections in the window: count, seconds held, and the
+        longest one since the head started (the watch keeps no per-window maximum)."""
+        _, now = self.head.watches()
+        if now is None or self.gc0 is None:
+            return None
+        return {"count": now["collections"][2] - self.gc0["collections"][2],
+                "seconds": now["seconds"][2] - self.gc0["seconds"][2], "longest_ever": now["max"][2]}
 
     def seconds(self) -> float:
         return time.monotonic() - self.t0
@@ -297,7 +313,7 @@ def _idle(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any]:
     profile.stop()
     return {"cpu_cores": window.cores(), "sim_cpu_cores": window.sim_cores(), "rss": head.rss(), "rss_start": rss_start,
             "seconds": window.seconds(), "timeline": timeline, "states": head.provider_states(client),
-            "head_wait_p99_ms": window.wait_p99_ms(), "steal_cores": window.steal_cores()}
+            "head_wait_p99_ms": window.wait_p99_ms(), "steal_cores": window.steal_cores(), "gc": window.full_gcs()}
 
 
 def _shards(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any]:
@@ -314,7 +330,7 @@ def _shards(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any
          f"cores" + (f"; GAVE UP: {gave_up}" if gave_up else ""))
     return {"seconds": elapsed, "done": done, "per_s": done / elapsed, "cpu_cores": window.cores(),
             "sim_cpu_cores": window.sim_cores(), "rss": head.rss(), "peak_rss": peak, "gave_up": gave_up,
-            "head_wait_p99_ms": wait_p99, "steal_cores": steal,
+            "head_wait_p99_ms": wait_p99, "steal_cores": steal, "gc": window.full_gcs(),
             "providers_used": len({name for s in summaries for name in s["shards_by_provider"]}),
             "jobs": [{k: s[k] for k in ("job_id", "status", "total", "done", "elapsed", "reruns", "speculated")}
                      for s in summaries]}
@@ -472,6 +488,8 @@ def _rows(args: argparse.Namespace, d: dict[str, Any]) -> list[dict[str, Any]]:
         row("heartbeat max, any phase", "", max((p["rtt_max_ms"] for p in phases.values()), default=nan), unit="ms"),
         row("head's share: heartbeat queue wait p99, idle / shards", "",
             f"≤ {_ms(d['idle'].get('head_wait_p99_ms'))} / ≤ {_ms(d['shards'].get('head_wait_p99_ms'))}", unit="ms"),
+        row("head's full garbage collections, idle / shards", "", f"{_gcs(d['idle'].get('gc'))} / "
+            f"{_gcs(d['shards'].get('gc'))}", unit="n (ms)"),
         row("CPU taken by the hypervisor, idle / shards", "",
             f"{_cores(d['idle'].get('steal_cores'))} / {_cores(d['shards'].get('steal_cores'))}", unit="cores"),
         row("simulators' beat lag p99, idle / shards", "",
@@ -494,6 +512,11 @@ def _rows(args: argparse.Namespace, d: dict[str, Any]) -> list[dict[str, Any]]:
             f"{d['head_counters']['results_fenced']}"),
         row("time until all ready", "", d["startup"]["all_ready_s"], unit="s"),
     ]
+
+
+def _gcs(gc: dict[str, float] | None) -> str:
+    """'count (ms held)' of a window's full collections."""
+    return "—" if not gc else f"{gc['count']} ({gc['seconds'] * 1000:.0f})"
 
 
 def main() -> None:

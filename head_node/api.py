@@ -149,6 +149,7 @@ class ClientApi:
             raise ValidationError(f"array names must be letters, digits, '_' or '-' (1-64 characters): {bad}")
         uploaded = _open_uploads(uploads)
         params = task.validate(msg.params, {**msg.arrays, **uploaded})
+        head.serve_heartbeats()  # a large job's steps each take tens of ms: heartbeats do not wait for all
         count = task.shard_count(params)
         if count is not None and count > head.config.max_shards_per_job:
             raise ValidationError(f"{count} shards exceeds the limit of {head.config.max_shards_per_job}")
@@ -175,6 +176,7 @@ class ClientApi:
         except Exception:
             files.delete()
             raise
+        head.serve_heartbeats()
         indices = job.add_shards(shards, time.monotonic())
         try:
             head.journal.add_job(job, request_id=request_key)
@@ -185,8 +187,11 @@ class ClientApi:
         head.counters["jobs_submitted"] += 1
         self.log.info("job.submitted", job_id=job_id, task_type=msg.task_type, shards=len(shards), owner=owner)
         head.events.record(job_id, "submit", task_type=msg.task_type, owner=owner, shards=len(shards))
+        head.serve_heartbeats()
         head.apply(head.sched.handle(JobAdded(time.monotonic(), job_id, msg.task_type, tuple(indices),
-                                              priority=msg.priority, affinity=job.affinity(indices))))
+                                              priority=msg.priority, affinity=job.affinity(indices)), assign=False))
+        head.serve_heartbeats()  # (one may already lease some of the shards)
+        head.apply(head.sched.assign(time.monotonic()))
         return protocol.Submitted(job_id=job_id)
 
     def _on_status(self, msg: protocol.Status, principal: "Principal") -> protocol.Message | Held:

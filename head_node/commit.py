@@ -52,6 +52,7 @@ class GroupCommit:
         self.pending: dict[tuple[str, int], str] = {}  # merged, waiting for the next batch
         self._finished: list["Job"] = []  # finished jobs waiting for the next batch
         self._in_flight: dict[tuple[str, int], str] = {}  # being synced
+        self._jobs_in_flight: set[str] = set()  # finished jobs whose final state is in a batch being synced
         self._synced: queue.Queue[_Batch] = queue.Queue()
         self._work: queue.Queue[_Batch | None] | None = None
         self._busy = 0  # batches handed to the thread and not yet collected
@@ -71,6 +72,11 @@ class GroupCommit:
         key = (job_id, index)
         return key not in self.pending and key not in self._in_flight
 
+    def holds(self, job_id: str) -> bool:
+        """Is anything of this job still waiting to be synced or journaled?"""
+        return (job_id in self._jobs_in_flight or any(j.job_id == job_id for j in self._finished)
+                or any(key[0] == job_id for key in self.pending) or any(key[0] == job_id for key in self._in_flight))
+
     def start(self) -> None:
         """Commit what is pending: sync its files (on the thread, where there is one), then journal it."""
         if not self.pending and not self._finished:
@@ -85,6 +91,7 @@ class GroupCommit:
             return
         batch.paths = [p for job_id in sorted(touched) for p in self.jobs[job_id].files.output_paths()]
         self._in_flight.update(batch.shards)
+        self._jobs_in_flight.update(j.job_id for j in batch.jobs)
         self._busy += 1
         self._work.put(batch)
 
@@ -112,6 +119,7 @@ class GroupCommit:
         self._busy -= 1
         for key in batch.shards:
             self._in_flight.pop(key, None)
+        self._jobs_in_flight.difference_update(j.job_id for j in batch.jobs)
         if batch.error is not None:  # not on disk: not done; tried again with the next batch
             self.log.warning("commit.sync_failed", error=str(batch.error), shards=len(batch.shards))
             self.pending = {**batch.shards, **self.pending}

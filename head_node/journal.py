@@ -147,8 +147,17 @@ class Journal:
         self._tx([self._job_update(job)])
 
     def delete_job(self, job_id: str) -> None:
-        """Forget the job: its row, its plans and its shard states, in one transaction."""
-        self._tx([(f"DELETE FROM {table} WHERE job_id=?", [(job_id,)]) for table in ("shard_states", "plans", "jobs")])
+        """Forget the job: its row, its plans and its shard states, in one transaction that is on disk when
+        this returns (WAL with ``synchronous=NORMAL`` may lose the last commits at a power cut: the job's
+        files are removed next, and a journal that came back with the job would then point at nothing)."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._tx([(f"DELETE FROM {table} WHERE job_id=?", [(job_id,)])
+                      for table in ("shard_states", "plans", "jobs")])
+        finally:
+            with self._lock:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def job_for_request(self, request_id: str) -> str | None:
         with self._lock:

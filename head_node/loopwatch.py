@@ -13,6 +13,7 @@ that blocks that long starts to look dead to its providers.
 from __future__ import annotations
 
 import bisect
+import gc
 import math
 import time
 from typing import Any
@@ -64,3 +65,44 @@ def quantile(counts: list[int], bounds: list[float | None], q: float) -> float |
         if seen >= need:
             return bound
     return None
+
+
+class GcWatch:
+    """The time CPython's cyclic garbage collector holds the head's loop, per generation.
+
+    A full (generation 2) collection walks every tracked object the head holds: with a few jobs of
+    thousands of shards that is 50-100 ms here, during which no heartbeat is answered. Counted for
+    ``/metrics`` and ``/api/state``; a collection of ``STALL_SECONDS`` or more is logged.
+    """
+
+    def __init__(self, log, clock=time.perf_counter):
+        self.log, self.clock = log, clock
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._start: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = self.clock()
+            return
+        if self._start is None:
+            return
+        took, gen = self.clock() - self._start, min(int(info.get("generation", 2)), 2)
+        self._start = None
+        self.collections[gen] += 1
+        self.seconds[gen] += took
+        self.longest[gen] = max(self.longest[gen], took)
+        if took >= STALL_SECONDS:
+            self.log.warning("head.gc_stalled", generation=gen, seconds=round(took, 3))
+
+    def start(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def stop(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def summary(self) -> dict[str, Any]:
+        return {"collections": list(self.collections), "seconds": list(self.seconds), "max": list(self.longest)}

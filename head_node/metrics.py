@@ -7,6 +7,8 @@ bounded cardinality: task types and provider names past ``MAX_LABEL_VALUES`` fol
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections import Counter
 from typing import Any, Callable, Iterator
@@ -53,12 +55,15 @@ def figures(snapshot: dict[str, Any], http_auth_failures: int = 0) -> dict[str, 
     counters: dict[str, int] = snapshot.get("counters", {})
     jobs: list[dict[str, Any]] = snapshot.get("jobs", [])
     providers: list[dict[str, Any]] = snapshot.get("providers", [])
-    task_label = _bounded([j["task_type"] for j in jobs])
+    deleted_done: dict[str, int] = snapshot.get("deleted", {}).get("done_by_type", {})  # stays counted
+    task_label = _bounded([j["task_type"] for j in jobs] + list(deleted_done))
     done_by_type: Counter[str] = Counter()
     jobs_by_status: Counter[str] = Counter({s: 0 for s in JOB_STATES})
     for j in jobs:
         done_by_type[task_label(j["task_type"])] += j.get("done", 0)
         jobs_by_status[j["status"]] += 1
+    for task_type, done in deleted_done.items():
+        done_by_type[task_label(task_type)] += done
     latencies = sorted(x for x in map(_latency, (j for j in jobs if j["status"] == "succeeded")) if x is not None)
     slots = sum(p.get("slots", 0) for p in providers if p.get("state") != "joining")
     in_use = sum(_slots_in_use(p) for p in providers if p.get("state") != "joining")
@@ -106,12 +111,14 @@ class SnapshotCollector(Collector):
         fig = figures(snap, http_failures)
         counters: dict[str, int] = snap.get("counters", {})
         yield from self._tasks(fig)
-        yield from self._jobs(fig, snap.get("jobs", []), counters)
+        yield from self._jobs(fig, snap.get("jobs", []), counters, snap.get("deleted", {}).get("latency", {}))
         yield from self._faults(counters, http_failures)
         yield from self._bytes(fig)
         yield from self._providers(snap.get("providers", []), fig)
         if "heartbeat_wait" in snap:
             yield _wait_histogram(snap["heartbeat_wait"])
+        if "gc" in snap:
+            yield from _gc(snap["gc"])
         events = CounterMetricFamily("zcompute_head_events", "Every head counter, by name (a fixed set).",
                                      labels=["event"])
         for name, value in sorted(counters.items()):
@@ -129,7 +136,8 @@ class SnapshotCollector(Collector):
         yield _gauge("zcompute_task_success_ratio", "Merged shards / (merged + failed attempts).",
                      fig["task_success_ratio"])
 
-    def _jobs(self, fig: dict[str, Any], jobs: list[dict[str, Any]], counters: dict[str, int]) -> Iterator[Metric]:
+    def _jobs(self, fig: dict[str, Any], jobs: list[dict[str, Any]], counters: dict[str, int],
+              deleted_latency: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         yield CounterMetricFamily("zcompute_jobs_submitted", "Jobs accepted by the head.",
                                   value=counters.get("jobs_submitted", 0))
         finished = CounterMetricFamily("zcompute_jobs_finished", "Jobs finished, by outcome.", labels=["status"])
@@ -141,7 +149,7 @@ class SnapshotCollector(Collector):
             current.add_metric([status], n)
         yield current
         yield _gauge("zcompute_job_success_ratio", "Succeeded / (succeeded + failed) jobs.", fig["job_success_ratio"])
-        yield _latency_histogram(jobs)
+        yield _latency_histogram(jobs, deleted_latency)
 
     def _faults(self, counters: dict[str, int], http_failures: int) -> Iterator[Metric]:
         yield CounterMetricFamily("zcompute_reassignments", "Shards requeued (provider lost, lease or ack timeout).",
@@ -217,18 +225,29 @@ def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFam
     return GaugeMetricFamily(name, documentation, value=math.nan if value is None else value)
 
 
-def _latency_histogram(jobs: list[dict[str, Any]]) -> HistogramMetricFamily:
+def _latency_histogram(jobs: list[dict[str, Any]], deleted: dict[str, dict[str, Any]]) -> HistogramMetricFamily:
+    """Over the jobs the head holds plus ``deleted`` (per task type: per-bucket counts and a sum), so deleting
+    a job takes nothing away from the histogram."""
     hist = HistogramMetricFamily("zcompute_job_latency_seconds", "Submit to finish of succeeded jobs.",
                                  labels=["task_type"])
-    label = _bounded([j["task_type"] for j in jobs])
-    by_type: dict[str, list[float]] = {}
+    label = _bounded([j["task_type"] for j in jobs] + list(deleted))
+    counts: dict[str, list[int]] = {}
+    sums: Counter[str] = Counter()
+    for task_type, h in deleted.items():
+        merged = counts.setdefault(label(task_type), [0] * len(LATENCY_BUCKETS))
+        for i, n in enumerate(h["counts"]):
+            merged[i] += n
+        sums[label(task_type)] += h["sum"]
     for j in jobs:
         latency = _latency(j) if j["status"] == "succeeded" else None
         if latency is not None:
-            by_type.setdefault(label(j["task_type"]), []).append(latency)
-    for task_type, values in sorted(by_type.items()):
-        buckets = [(_bucket_name(b), sum(1 for v in values if v <= b)) for b in LATENCY_BUCKETS]
-        hist.add_metric([task_type], buckets, sum_value=sum(values))
+            merged = counts.setdefault(label(j["task_type"]), [0] * len(LATENCY_BUCKETS))
+            merged[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+            sums[label(j["task_type"])] += latency
+    for task_type, per_bucket in sorted(counts.items()):
+        cumulative = list(itertools.accumulate(per_bucket))
+        hist.add_metric([task_type], [(_bucket_name(b), n) for b, n in zip(LATENCY_BUCKETS, cumulative)],
+                        sum_value=sums[task_type])
     return hist
 
 
@@ -242,6 +261,18 @@ def _wait_histogram(wait: dict[str, Any]) -> HistogramMetricFamily:
         buckets.append((_bucket_name(math.inf if bound is None else bound), cumulative))
     hist.add_metric([], buckets, sum_value=wait["sum"])
     return hist
+
+
+def _gc(gc: dict[str, Any]) -> Iterator[Metric]:
+    runs = CounterMetricFamily("zcompute_head_gc_collections", "Garbage collections in the head, by generation "
+                               "(2: a full one, which walks every object the head holds).", labels=["generation"])
+    held = CounterMetricFamily("zcompute_head_gc_seconds", "Time the garbage collector held the head, by "
+                               "generation (no heartbeat is answered meanwhile).", labels=["generation"])
+    for gen, (count, seconds) in enumerate(zip(gc["collections"], gc["seconds"])):
+        runs.add_metric([str(gen)], count)
+        held.add_metric([str(gen)], seconds)
+    yield runs
+    yield held
 
 
 def _bucket_name(bound: float) -> str:

@@ -33,7 +33,7 @@ from head_node.eventlog import EventLog
 from head_node.guard import SocketGuard
 from head_node.commit import GroupCommit
 from head_node.journal import Journal
-from head_node.loopwatch import LoopWatch
+from head_node.loopwatch import GcWatch, LoopWatch
 from head_node.recovery import recover
 from head_node.retention import Retention
 from head_node.providers import ProviderChannel
@@ -81,6 +81,10 @@ class HeadNode(JobActions):
         self.commit = GroupCommit(self.journal, self.jobs, self.log)  # merged shards -> disk -> journal
         self._in_batch = False  # handling a batch of results: assignments wait for its end
         self.loop_watch = LoopWatch(self.log)  # how long heartbeats may wait while the loop is busy
+        self.gc_watch = GcWatch(self.log)  # ... and how long the garbage collector holds it
+        self.gc_watch.start()
+        # a long handler (a submit of thousands of shards) calls this between its steps; the loop sets it
+        self.serve_heartbeats: Callable[[], None] = lambda: None
         self.ctx = zmq.Context()
         self._stop = threading.Event()
         self.ready = threading.Event()
@@ -109,6 +113,7 @@ class HeadNode(JobActions):
         self.retention = Retention(self)
         self.retention.finish_interrupted()
         recover(self)
+        self.retention.announce()
 
     # -- peers on this machine (common/localdata.py) ----------------------------
 
@@ -183,6 +188,7 @@ class HeadNode(JobActions):
         for sock in routes:
             poller.register(sock, zmq.POLLIN)
         heartbeats, watch = self.sockets["heartbeat"], self.loop_watch
+        self.serve_heartbeats = lambda: drain(heartbeats)
 
         def drain(sock: zmq.Socket) -> None:
             """Serve what ``sock`` has queued: heartbeats all (they are cheap and decide who is alive; a tick's
@@ -252,6 +258,8 @@ class HeadNode(JobActions):
         self.commit.close()
         self.journal.close()
         self.events.close()
+        self.retention.close()
+        self.gc_watch.stop()
         self.auth.stop()
         if self._guard is not None:
             self._guard.close()
@@ -383,4 +391,5 @@ class HeadNode(JobActions):
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "providers": self.providers.summaries(),
                 "jobs": [j.summary() for j in self.jobs.values()], "counters": self.all_counters(),
-                "heartbeat_wait": self.loop_watch.summary()}
+                "heartbeat_wait": self.loop_watch.summary(), "gc": self.gc_watch.summary(),
+                "deleted": self.retention.totals()}

@@ -144,6 +144,7 @@ speculate = false
 speculate-after = 0.5
 straggler-factor = 2.0
 max-queued-jobs = 7
+keep-finished = "12h"
 max-message-mb = 64
 compression = "zstd"
 link-mbit = 100.0
@@ -173,7 +174,7 @@ def test_every_head_setting_from_the_file(tmp_path, head_started):
     assert (got.max_attempts, got.prefetch, got.speculate, got.speculate_after, got.straggler_factor) == (
         5, 2, False, 0.5, 2.0)
     assert (got.max_queued_jobs_per_client, got.limits.max_message_bytes, got.compression) == (7, 64 << 20, "zstd")
-    assert got.link_mbit == 100.0 and got.local_data is False
+    assert got.link_mbit == 100.0 and got.local_data is False and got.keep_finished == 12 * 3600
     assert (got.allow_any_key, got.http_port, got.http_host, got.insecure) == (True, 0, "0.0.0.0", True)
 
 

@@ -153,10 +153,11 @@ def test_finished_jobs_are_deleted_on_request_and_after_keep_finished(make_clust
         with pytest.raises(UnknownJobError):
             running.status()
         assert running.id not in {j["job_id"] for j in c.jobs()}
-        assert c.stats()["jobs_deleted"] == 1
+        assert c.stats()["jobs_deleted"] >= 1  # the other one may have expired already
         # the other one goes by itself, about 2 s after it finished
         wait_until(lambda: kept.id not in {j["job_id"] for j in c.jobs()}, timeout=15)
-        assert not (jobs_dir / kept.id).exists()
+        assert c.stats()["jobs_deleted"] == 2
+        wait_until(lambda: not list(jobs_dir.iterdir()), timeout=10)  # files are removed on a thread
     cluster.kill_head()
     cluster.start_head()
     with cluster.client() as c:

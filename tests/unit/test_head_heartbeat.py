@@ -88,3 +88,20 @@ def test_long_listings_come_a_page_at_a_time(head, count):
         offset, pages = reply.next_offset, pages + 1
     assert sorted(seen) == sorted(head.providers.registry) and len(set(seen)) == count
     assert pages == 1 if count == 1 else pages >= 2
+
+
+def test_heartbeats_are_served_between_the_steps_of_a_large_submit(head):
+    pids = [ready_provider(head) for _ in range(3)]
+    served = []
+
+    def serve():  # what the loop does there: answer the heartbeats waiting in its queue
+        served.append(heartbeat(head, pids[len(served) % 3]).known)
+
+    head.serve_heartbeats = serve
+    job_id = head.api.handlers[protocol.MsgType.SUBMIT](
+        protocol.Submit(task_type="noop", params={"shards": 50}), INSECURE).job_id
+    assert len(served) >= 3 and all(served)
+    leased = [m for _, m in head.published if isinstance(m, protocol.Task)]
+    # a heartbeat in between may already have leased shards; no provider got more than its one slot
+    assert sorted(p for p, m in head.published if isinstance(m, protocol.Task)) == sorted(pids)
+    assert len({m.task_id for m in leased}) == 3 and head.jobs[job_id].status in ("queued", "running")

@@ -1,5 +1,6 @@
 """Port choice for a local cluster."""
 
+import random
 import socket
 from pathlib import Path
 
@@ -8,19 +9,14 @@ import pytest
 from common.lifecycle import PORT_RANGE, free_port_base
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def test_a_port_base_is_free_and_below_the_ephemeral_range():
     path = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    if not path.exists():
-        pytest.skip("no Linux ephemeral port range to compare with")
-    low, high = map(int, path.read_text().split())
-    return low, high
-
-
-def test_a_port_base_is_free_and_outside_the_ephemeral_range():
-    low, _ = _ephemeral_range()
+    low = int(path.read_text().split()[0]) if path.exists() else 49152  # Windows' and macOS' default
+    if low <= PORT_RANGE[1]:
+        pytest.skip(f"this host's ephemeral ports start at {low}, inside {PORT_RANGE}")
     for _ in range(20):
         base = free_port_base("127.0.0.1", count=5)
-        assert PORT_RANGE[0] <= base and base + 5 <= min(PORT_RANGE[1], low)
+        assert PORT_RANGE[0] <= base and base + 5 <= PORT_RANGE[1]
         socks = [socket.socket() for _ in range(5)]
         try:
             for i, s in enumerate(socks):
@@ -30,21 +26,25 @@ def test_a_port_base_is_free_and_outside_the_ephemeral_range():
                 s.close()
 
 
-def test_a_taken_port_is_never_part_of_a_base():
+def test_a_base_around_a_taken_port_is_passed_over(monkeypatch):
     held = socket.socket()
-    held.bind(("127.0.0.1", 0))
-    # take a port inside the range, then ask for bases that could only fit around it
-    for port in range(sum(PORT_RANGE) // 2, PORT_RANGE[1]):  # mid-range: many bases would cover it
+    for port in range(sum(PORT_RANGE) // 2, PORT_RANGE[1]):  # a free port mid-range, then hold it
         try:
-            held.close()
-            held = socket.socket()
             held.bind(("127.0.0.1", port))
             break
         except OSError:
-            continue
+            held.close()
+            held = socket.socket()
+    tried = []
+    proposals = iter([port - 2, port - 4, port + 10])  # two bases that cover the held port, then one that does not
+
+    def randint(a, b):
+        tried.append(next(proposals))
+        return tried[-1]
+
+    monkeypatch.setattr(random, "randint", randint)
     try:
-        for _ in range(40):  # a base of 1,000 ports would cover the held one about one time in 12
-            base = free_port_base("127.0.0.1", count=1000)
-            assert not base <= port < base + 1000
+        assert free_port_base("127.0.0.1", count=5) == port + 10
+        assert tried == [port - 2, port - 4, port + 10]
     finally:
         held.close()

@@ -53,3 +53,30 @@ def test_quantile_is_the_bound_of_the_bucket_that_holds_it():
     assert quantile([98, 1, 1, 0], bounds, 0.5) == 0.01
     assert quantile([0, 0, 0, 5], bounds, 0.99) is None
     assert quantile([0, 0, 0, 0], bounds, 0.99) is None
+
+
+def test_the_gc_watch_times_collections_per_generation_and_logs_a_long_one():
+    import gc
+
+    from head_node.loopwatch import GcWatch
+
+    clock, log = Clock(), Log()
+    watch = GcWatch(log, clock)
+    watch("start", {"generation": 0})
+    clock.now += 0.002
+    watch("stop", {"generation": 0})
+    watch("start", {"generation": 2})
+    clock.now += 1.5
+    watch("stop", {"generation": 2})
+    s = watch.summary()
+    assert s["collections"] == [1, 0, 1] and math.isclose(s["seconds"][2], 1.5) and math.isclose(s["max"][0], 0.002)
+    assert log.warnings == [("head.gc_stalled", {"generation": 2, "seconds": 1.5})]
+
+    real = GcWatch(Log())  # on the interpreter's own collections
+    real.start()
+    try:
+        gc.collect()
+    finally:
+        real.stop()
+    assert real.summary()["collections"][2] == 1 and real.summary()["seconds"][2] > 0
+    assert real not in gc.callbacks

@@ -8,7 +8,7 @@ import pytest
 
 from common import protocol
 from common.config import HeadConfig
-from common.errors import UnknownJobError, ValidationError
+from common.errors import RequestError, UnknownJobError, ValidationError
 from head_node.auth import INSECURE
 from head_node.retention import DELETED_PREFIX
 from head_node.server import HeadNode
@@ -35,6 +35,7 @@ def _finished(head: HeadNode) -> str:
     job_id = _submit(head)
     head.api._on_cancel(protocol.CancelJob(job_id=job_id), INSECURE)  # no providers: cancelling ends it
     assert head.jobs[job_id].finished
+    head.commit.flush()  # as the tick's group commit would, within 0.2 s
     return job_id
 
 
@@ -120,5 +121,69 @@ def test_keep_finished_zero_keeps_jobs_for_ever(tmp_path):
         head.jobs[job_id].finished_at = 0.0
         head.retention.sweep(time.monotonic() + 10**6)
         assert job_id in head.jobs
+    finally:
+        head.close()
+
+
+def test_a_job_whose_end_is_not_journaled_yet_waits_for_the_group_commit(tmp_path):
+    head = _head(tmp_path, keep_finished=60)
+    try:
+        job_id = _submit(head)
+        head.commit.merged(job_id, 0, "p1")  # a merged shard the group commit has not journaled yet
+        head.api._on_cancel(protocol.CancelJob(job_id=job_id), INSECURE)
+        head.jobs[job_id].finished_at = time.time() - 61
+        assert head.commit.holds(job_id)
+        head.retention.sweep(time.monotonic())
+        assert job_id in head.jobs  # the sweep leaves it for later rather than wait for the disk
+        head.api._on_delete(protocol.DeleteJob(job_id=job_id), INSECURE)  # a request waits for the commit
+        head.commit.flush()
+        rows = head.journal._db.execute("SELECT COUNT(*) FROM shard_states WHERE job_id=?", (job_id,)).fetchone()
+        assert rows == (0,) and job_id not in _journaled(head)  # the late commit left nothing behind
+    finally:
+        head.close()
+
+
+def test_one_job_that_cannot_be_deleted_holds_back_no_other(tmp_path, monkeypatch):
+    head = _head(tmp_path, keep_finished=60)
+    try:
+        stuck, other = _finished(head), _finished(head)
+        for job_id in (stuck, other):
+            head.jobs[job_id].finished_at = time.time() - 61
+        real_rename = type(tmp_path).rename
+
+        def rename(path, target):
+            if path.name == stuck:
+                raise PermissionError(13, "in use by another process")
+            return real_rename(path, target)
+
+        monkeypatch.setattr(type(tmp_path), "rename", rename)
+        head.retention.sweep(time.monotonic())
+        assert set(head.jobs) == {stuck}  # the other went; the stuck one waits for a later sweep
+        with pytest.raises(RequestError, match="files are in use") as refused:
+            head.api._on_delete(protocol.DeleteJob(job_id=stuck), INSECURE)
+        assert refused.value.code == "busy" and stuck in _journaled(head)
+    finally:
+        head.close()
+
+
+def test_deleted_jobs_stay_counted_in_the_metrics(tmp_path):
+    from head_node.metrics import Metrics, figures
+
+    head = _head(tmp_path)
+    try:
+        job_id = _finished(head)
+        job = head.jobs[job_id]
+        job.done, job.status = 3, "succeeded"  # as if it had run: three shards merged, 0.3 s end to end
+        job.finished_at = job.submitted_at + 0.3
+        before = figures(head.state())["tasks_completed"]
+        held = Metrics(head.state, lambda: 0).render()[1].decode()
+        head.api._on_delete(protocol.DeleteJob(job_id=job_id), INSECURE)
+        assert before == figures(head.state())["tasks_completed"] == 3
+        text = Metrics(head.state, lambda: 0).render()[1].decode()
+        for line in ('zcompute_tasks_completed_total{task_type="noop"} 3.0',
+                     'zcompute_job_latency_seconds_bucket{le="0.25",task_type="noop"} 0.0',
+                     'zcompute_job_latency_seconds_bucket{le="0.5",task_type="noop"} 1.0',
+                     'zcompute_job_latency_seconds_count{task_type="noop"} 1.0'):
+            assert line in held and line in text
     finally:
         head.close()
