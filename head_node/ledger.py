@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import AbstractSet
 
 
 @dataclass
@@ -40,8 +41,15 @@ class _Shard:
     recovered: bool = False  # pending after a head restart: any provider's result for this attempt counts
     failures: int = 0
     leases: dict[str, _Lease] = field(default_factory=dict)  # provider_id -> lease (2 while speculating)
-    excluded: set[str] = field(default_factory=set)
+    # providers it failed on or lost: one shared empty set until the first (a set per queued shard was a
+    # third of what the garbage collector walked through with thousands of shards queued)
+    excluded: AbstractSet[str] = frozenset()
     affinity: str | None = None  # the inputs it shares with other shards (their cache keys)
+
+    def exclude(self, provider_id: str) -> None:
+        if not isinstance(self.excluded, set):
+            self.excluded = set(self.excluded)
+        self.excluded.add(provider_id)
 
 
 @dataclass

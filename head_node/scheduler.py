@@ -174,7 +174,7 @@ class Scheduler:
             shard = job.shards[index]
             shard.leases.pop(p.provider_id, None)
             if exclude:
-                shard.excluded.add(p.provider_id)
+                shard.exclude(p.provider_id)
             if not shard.leases and not shard.done:
                 actions.append(self._requeue(job, shard, "provider_lost"))
         return actions
@@ -295,7 +295,7 @@ class Scheduler:
         if shard.failures >= self.config.max_attempts:
             return [*self._remove_job(ev.job_id),
                     JobFailed(ev.job_id, f"shard {ev.index} failed {shard.failures} times; last error: {ev.error}")]
-        shard.excluded.add(ev.provider_id)
+        shard.exclude(ev.provider_id)
         return [self._requeue(job, shard, "failed")] if not shard.leases else []
 
     def _release(self, provider_id: str, job_id: str, index: int) -> None:
