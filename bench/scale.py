@@ -183,6 +183,7 @@ class Window:
         self.head, self.sims, self.t0 = head, sims, time.monotonic()
         self.cpu0, self.sim0 = head.cpu_s(), sims.cpu_s() if sims else 0.0
         self.wait0, self.gc0 = head.watches()
+        self.wait_counts: dict[str, int] | None = None
         self.steal0 = steal_s()
 
     def steal_cores(self) -> float | None:
@@ -197,7 +198,9 @@ class Window:
         now = self.head.heartbeat_wait()
         if now is None or self.wait0 is None:
             return None
-        p99 = quantile([b - a for a, b in zip(self.wait0["counts"], now["counts"])], now["bounds"], 0.99)
+        counts = [b - a for a, b in zip(self.wait0["counts"], now["counts"])]
+        self.wait_counts = dict(zip(map(str, now["bounds"]), counts))  # kept in the JSON: the whole histogram
+        p99 = quantile(counts, now["bounds"], 0.99)
         return None if p99 is None else p99 * 1000
 
     def full_gcs(self) -> dict[str, float] | None:
@@ -330,7 +333,8 @@ def _shards(head: Head, sims, client, args: argparse.Namespace) -> dict[str, Any
          f"cores" + (f"; GAVE UP: {gave_up}" if gave_up else ""))
     return {"seconds": elapsed, "done": done, "per_s": done / elapsed, "cpu_cores": window.cores(),
             "sim_cpu_cores": window.sim_cores(), "rss": head.rss(), "peak_rss": peak, "gave_up": gave_up,
-            "head_wait_p99_ms": wait_p99, "steal_cores": steal, "gc": window.full_gcs(),
+            "head_wait_p99_ms": wait_p99, "head_wait_counts": window.wait_counts, "steal_cores": steal,
+            "gc": window.full_gcs(),
             "providers_used": len({name for s in summaries for name in s["shards_by_provider"]}),
             "jobs": [{k: s[k] for k in ("job_id", "status", "total", "done", "elapsed", "reruns", "speculated")}
                      for s in summaries]}

@@ -17,6 +17,7 @@ from common.config import DEFAULT_DATA_DIR, DEFAULT_PORT_BASE, HeadAddress, Head
 from common.errors import ConfigError, TransportError
 from common.security import ROLES
 from head_node.keystore import KeyStore, default_advertise
+from head_node.loopwatch import settle_gc
 from common.lifecycle import watch_parent
 from common.logs import get_logger, setup_logging
 
@@ -103,6 +104,7 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
         signal.signal(sig, lambda *_: head.stop())
     watch_parent(head.stop)
     get_logger("head").info("head.start", data_dir=str(config.data_dir), insecure=insecure)
+    settle_gc()
     head.serve_forever()
 
 

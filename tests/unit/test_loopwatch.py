@@ -80,3 +80,14 @@ def test_the_gc_watch_times_collections_per_generation_and_logs_a_long_one():
         real.stop()
     assert real.summary()["collections"][2] == 1 and real.summary()["seconds"][2] > 0
     assert real not in gc.callbacks
+
+
+def test_settle_gc_freezes_what_start_up_left_and_spaces_full_collections():
+    import subprocess
+    import sys
+
+    code = ("import gc; from head_node.loopwatch import FULL_GC_EVERY, settle_gc; settle_gc(); "
+            "assert gc.get_freeze_count() > 1000, gc.get_freeze_count(); "
+            "assert gc.get_threshold()[2] == FULL_GC_EVERY == 100, gc.get_threshold(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
