@@ -100,7 +100,10 @@ class ClientApi:
     def _job(self, job_id: str, principal: "Principal") -> Job:
         job = self.head.jobs.get(job_id)
         if job is None or not (principal.sees_all or job.owner == principal.name):
-            raise UnknownJobError(f"no job {job_id!r}")  # someone else's job does not exist for you
+            sees = lambda owner: principal.sees_all or owner == principal.name  # noqa: E731
+            why = self.head.retention.deleted(job_id, sees) if job is None and isinstance(job_id, str) else None
+            # someone else's job does not exist for you, deleted or not
+            raise UnknownJobError(f"no job {job_id!r}" + (f": {why}" if why else ""))
         return job
 
     # -- handlers ----------------------------------------------------------------
@@ -258,7 +261,7 @@ class ClientApi:
         return protocol.JobStatus(job=job.summary())
 
     def _on_delete(self, msg: protocol.DeleteJob, principal: "Principal") -> protocol.Message:
-        self.head.retention.delete(self._job(msg.job_id, principal), reason=f"deleted by {principal.name}")
+        self.head.retention.delete(self._job(msg.job_id, principal), reason=f"by {principal.name}")
         return protocol.Ok()
 
     def _on_list_jobs(self, msg: protocol.ListJobs, principal: "Principal") -> protocol.Message:

@@ -23,9 +23,9 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from common.errors import RequestError, ValidationError
 from head_node.metrics import LATENCY_BUCKETS
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 DELETED_PREFIX = ".deleted-"
 SWEEP_SECONDS = 60.0  # how often finished jobs are checked against keep_finished (less when it is short)
+REMEMBERED_DELETIONS = 10_000  # deleted job ids kept to explain a later request for one
 SWEEP_BUDGET = 0.02  # seconds of one tick the sweep may take; the rest of a backlog waits for the next tick
 
 
@@ -54,6 +55,8 @@ class Retention:
         # deleting a job does not make a counter go down
         self.done_by_type: Counter[str] = Counter()
         self.latency: dict[str, dict[str, Any]] = {}
+        # job_id -> (owner, why, when): a request for a job deleted lately is told so (this process only)
+        self.recent: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
 
     # -- start ---------------------------------------------------------------
 
@@ -108,11 +111,21 @@ class Retention:
             raise
         del head.jobs[job.job_id]
         self._retry_after.pop(job.job_id, None)
+        self.recent[job.job_id] = (job.owner, reason, time.time())
+        while len(self.recent) > REMEMBERED_DELETIONS:
+            self.recent.popitem(last=False)
         self._count(job)
         head.counters["jobs_deleted"] += 1
         head.log.info("job.deleted", job_id=job.job_id, owner=job.owner, status=job.status, reason=reason)
         if moved:
             self._remove(doomed)
+
+    def deleted(self, job_id: str, sees: Callable[[str], bool]) -> str | None:
+        """Why ``job_id`` is gone, if it was deleted lately and its owner passes ``sees``; else None."""
+        owner, reason, when = self.recent.get(job_id, ("", "", 0.0))
+        if not owner or not sees(owner):
+            return None
+        return f"it was deleted {_ago(time.time() - when)} ago ({reason})"
 
     def _count(self, job: "Job") -> None:
         self.done_by_type[job.task_type] += job.done
@@ -162,12 +175,19 @@ class Retention:
             if time.monotonic() > until:
                 return  # the next tick goes on (self._next is unchanged)
             try:
-                self.delete(job, reason="expired")
+                self.delete(job, reason=f"finished more than --keep-finished {_ago(self.head.config.keep_finished)} ago")
             except (OSError, sqlite3.Error, RequestError) as e:  # this job only: the others still go
                 self._retry_after[job.job_id] = now + max(self._period, SWEEP_SECONDS)
                 self.log.error("job.delete_failed", job_id=job.job_id, error=str(e))
             self.head.serve_heartbeats()
         self._next = now + self._period
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _sync_dir(path: Path) -> None:

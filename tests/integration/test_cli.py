@@ -102,7 +102,7 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
         assert out.returncode == 0 and f"job {job_id} deleted" in out.stdout, out.stderr
         assert not (tmp_path / "head" / "jobs" / job_id).exists()
         out = run("user-client", "result", job_id, "--out", str(tmp_path / "C3.npy"), env=cenv)
-        assert out.returncode == 1 and f"no job '{job_id}'" in out.stderr
+        assert out.returncode == 1 and f"no job '{job_id}': it was deleted" in out.stderr and "(by alice)" in out.stderr
 
         out = run("user-client", "status", "no-such-job", env=cenv)
         assert out.returncode == 1 and "no job 'no-such-job'" in out.stderr

@@ -9,7 +9,7 @@ import pytest
 from common import protocol
 from common.config import HeadConfig
 from common.errors import RequestError, UnknownJobError, ValidationError
-from head_node.auth import INSECURE
+from head_node.auth import INSECURE, Principal
 from head_node.retention import DELETED_PREFIX
 from head_node.server import HeadNode
 
@@ -51,8 +51,11 @@ def test_a_deleted_job_leaves_no_files_no_record_and_stays_gone_after_a_restart(
     assert isinstance(head.api._on_delete(protocol.DeleteJob(job_id=gone), INSECURE), protocol.Ok)
     assert not (tmp_path / "jobs" / gone).exists() and gone not in head.jobs
     assert _journaled(head) == {kept} and head.counters["jobs_deleted"] == 1
-    with pytest.raises(UnknownJobError):
+    with pytest.raises(UnknownJobError, match=rf"no job '{gone}': it was deleted \d+ s ago \(by anonymous\)"):
         head.api._on_status(protocol.Status(job_id=gone), INSECURE)
+    with pytest.raises(UnknownJobError) as other:  # another client is not told it existed
+        head.api._on_status(protocol.Status(job_id=gone), Principal("mallory", "client"))
+    assert str(other.value) == f"no job '{gone}'"
     head.close()
     head = _head(tmp_path)
     try:
@@ -104,6 +107,8 @@ def test_the_sweep_deletes_only_jobs_finished_longer_ago_than_keep_finished(tmp_
         head.jobs[old].finished_at = time.time() - 61
         head.retention.sweep(time.monotonic())
         assert set(head.jobs) == {recent, running} and _journaled(head) == {recent, running}
+        with pytest.raises(UnknownJobError, match=r"deleted \d+ s ago \(finished more than --keep-finished 1 min ago\)"):
+            head.api._on_fetch(protocol.Fetch(job_id=old), INSECURE)
         assert not (tmp_path / "jobs" / old).exists() and (tmp_path / "jobs" / recent).is_dir()
         head.jobs[recent].finished_at = time.time() - 61
         head.retention.sweep(time.monotonic())  # within its period: not looked at yet
