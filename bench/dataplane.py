@@ -14,7 +14,9 @@ in the head's task socket pattern (PUB -> SUB, one topic per provider):
             ``recv_frames``, the topic check, ``protocol.decode``. Codec policies: ``raw``, ``zstd``,
             ``auto`` (the sample-ratio threshold, today's default) and ``auto+link`` (``auto`` told
             the link's speed with ``codec.set_link_speed``: the tc rate, or on loopback the best raw
-            pyzmq rate seen so far). ``raw+cold``: ``raw`` after the receiver has dropped the codec's
+            pyzmq rate seen so far), ``auto+probe`` (``auto`` with the speed the head's own link probe
+            reads, ``head_node/linkprobe.py``: what a head measures for each provider not on its
+            machine when it becomes ready, unless given ``--link-mbit``). ``raw+cold``: ``raw`` after the receiver has dropped the codec's
             reusable buffers, as for the first array of a size (``raw`` reuses the last one's)
 
 One sample is the time from the sender's first call to the receiver's acknowledgement, sent once it
@@ -65,7 +67,7 @@ IDLE_EXIT_MS = 300_000  # a receiver whose sender died quits after this long wit
 COLUMNS = ["link", "data", "path", "policy", "codec", "wire_ratio", "s", "gbps", "ratio", "ratio_vs_join", "send_s",
            "decode_s"]
 RAW_VARIANTS = ("1 frame", "1MiB frames", "1MiB+join")
-POLICIES = ["raw", "raw+cold", "auto", "auto+link", "zstd"]
+POLICIES = ["raw", "raw+cold", "auto", "auto+link", "auto+probe", "zstd"]
 SLOW_S, SLOW_REPEAT = 1.0, 2  # a scenario slower than this runs in this many rounds only (keeps a run short)
 
 
@@ -192,6 +194,9 @@ def _on_zcompute(sock, ack) -> bytes | None:
     if frames[0].bytes != ZC_TOPIC.encode():
         return None
     msg = protocol.decode(frames, topic=True)
+    if isinstance(msg, protocol.Probe):  # the head's link probe: acknowledged as the provider runtime does
+        ack.send_multipart([b"probe_ack", msg.probe_id.encode()])
+        return None
     arr = msg.arrays["a"]
     ack.send_multipart([b"ack", struct.pack("d", time.perf_counter() - got)])
     if msg.params.get("check"):
@@ -224,6 +229,7 @@ class Sender:
 
         self.zmq = zmq
         self.link_bits = link_bits  # what ``auto+link`` tells the codec; None: measure it in the warm-up
+        self.probed_bits: float | None = None  # what the head's link probe reads (``auto+probe``), once asked
         self.ctx = zmq.Context()
         server_keys = zmq.curve_keypair() if curve else None
         self.raw = self.ctx.socket(zmq.PUB)
@@ -278,6 +284,21 @@ class Sender:
             raise RuntimeError(f"expected {what!r} from the receiver, got {kind!r}")
         return payload
 
+    def probe_link(self) -> float:
+        """The link's speed as the head measures it when a provider becomes ready (head_node/linkprobe.py):
+        the same probes, the receiver acknowledging each on decode, timed where the acknowledgements land."""
+        from common.sockets import send
+        from head_node.linkprobe import LinkProbes
+
+        probes = LinkProbes()
+        for probe in probes.start("receiver"):
+            send(self.zc, probe, topic=ZC_TOPIC, compression="auto", flags=self.zmq.NOBLOCK)
+        bits = None
+        while bits is None:
+            probe_id = self._wait(b"probe_ack").decode()
+            bits = probes.acked("receiver", probe_id, time.monotonic())
+        return bits
+
     def once(self, sc: Scenario, arr, check: bool) -> dict[str, float]:
         """One transfer; returns total, send and decode seconds (and the receiver's crc32 when ``check``)."""
         from common import codec, protocol
@@ -301,8 +322,12 @@ class Sender:
             told = sc.policy == "auto+link"
             if told:
                 codec.set_link_speed(self.link_bits)
+            if sc.policy == "auto+probe" and self.probed_bits is None:  # in the warm-up round, untimed
+                self.probed_bits = self.probe_link()
+                start = time.perf_counter()
             try:
-                send(self.zc, msg, topic=ZC_TOPIC, compression=sc.policy.split("+")[0], flags=zmq.NOBLOCK)
+                send(self.zc, msg, topic=ZC_TOPIC, compression=sc.policy.split("+")[0], flags=zmq.NOBLOCK,
+                     link_bits=self.probed_bits if sc.policy == "auto+probe" else None)
             finally:
                 if told:
                     codec.set_link_speed(None)
@@ -358,7 +383,8 @@ def measure(sender: Sender, scenarios: list[Scenario], arrays: dict[str, Any], r
         rows.append({"link": link, "data": sc.data, "path": sc.path, "policy": sc.policy, "codec": "/".join(codecs),
                      "wire_ratio": med.pop("wire") / arr.nbytes, "mib": arr.nbytes / MiB, **med,
                      "gbps": arr.nbytes / med["s"] / 1e9, "samples_s": [g["s"] for g in got],
-                     "link_bits_told": sender.link_bits if sc.policy == "auto+link" else None})
+                     "link_bits_told": sender.link_bits if sc.policy == "auto+link" else None,
+                     "link_bits_probed": sender.probed_bits if sc.policy == "auto+probe" else None})
     raw = {r["policy"]: r["gbps"] for r in rows if r["path"] == "pyzmq"}
     best_raw, joined = max(raw.values(), default=None), raw.get("1MiB+join")
     for r in rows:
@@ -482,7 +508,8 @@ TIE = 1.1  # a policy within 10 % of the faster codec's time picked right (a nea
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per link and data: is zstd faster than raw, and is ``auto`` (and ``auto+link``) as fast as the faster?"""
+    """Per link and data: is zstd faster than raw, and is ``auto`` (``auto+link``, ``auto+probe``) as fast as the
+    faster?"""
     out = []
     for link in dict.fromkeys(r["link"] for r in rows):
         for data in dict.fromkeys(r["data"] for r in rows):
@@ -493,7 +520,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row = {"link": link, "data": data, "raw_s": by["raw"]["s"], "zstd_s": by["zstd"]["s"],
                    "zstd_speedup": by["raw"]["s"] / by["zstd"]["s"],
                    "faster": "zstd" if by["zstd"]["s"] < by["raw"]["s"] else "raw"}
-            for policy in ("auto", "auto+link"):
+            for policy in ("auto", "auto+link", "auto+probe"):
                 if policy in by:
                     row[policy] = by[policy]["codec"]
                     row[f"{policy}_vs_best"] = by[policy]["s"] / best
@@ -517,7 +544,7 @@ def targets(rows: list[dict[str, Any]], judged: list[dict[str, Any]]) -> list[di
                         "met": r["ratio"] >= 0.8,
                         "reference": f"{r['gbps']:.2f} vs {best:.2f} GB/s over tcp loopback{note}"})
     links = [j for j in judged if j["link"] != "loopback"]
-    for policy in ("auto+link", "auto"):
+    for policy in ("auto+link", "auto+probe", "auto"):
         picked = [j for j in links if policy in j]
         if picked:
             right = sum(j[f"{policy}_right"] for j in picked)
@@ -572,7 +599,8 @@ def main(argv: list[str] | None = None) -> None:
     if judged:
         print_table("does compression pay? (zstd_speedup > 1: zstd is faster; *_vs_best: the policy's time over "
                     "the faster codec's)", judged, ["link", "data", "raw_s", "zstd_s", "zstd_speedup", "faster", "auto",
-                                                    "auto_vs_best", "auto+link", "auto+link_vs_best"])
+                                                    "auto_vs_best", "auto+link", "auto+link_vs_best",
+                                                    "auto+probe", "auto+probe_vs_best"])
     print_table("targets", [r for r in rows if "target" in r], ["target", "measured", "goal", "met", "reference"])
     print(f"\nwrote {RESULTS / 'dataplane.json'}")
 

@@ -27,4 +27,5 @@ heartbeat_interval = click.option("--heartbeat-interval", type=click.FloatRange(
 #: the codec's ``auto`` then compresses an array only when the wire time saved beats the time to compress
 link_mbit = click.option("--link-mbit", type=click.FloatRange(0.1, 1e6), default=None, envvar=env("LINK_MBIT"),
                          help="Speed of the network to the peers in Mbit/s (e.g. 1000). With it, 'auto' compresses "
-                              "an array only where that pays on such a link; without, when a sample shrinks by 30%.")
+                              "an array only where that pays on such a link. Without it a head measures the link to "
+                              "each provider not on its machine; a provider compresses when a sample shrinks by 30%.")

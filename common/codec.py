@@ -218,15 +218,16 @@ def compression_ratio(arr: np.ndarray) -> float:
     return len(_encode(sample)) / sample.nbytes if sample.nbytes else 1.0
 
 
-def choose_codec(arr: np.ndarray, policy: str, threshold: float = 0.7) -> str:
-    """``raw``/``zstd`` force a codec. ``auto``: with the link speed known, compress when the wire
-    time saved (as a sample compresses) exceeds the time to encode here (as the sample took) and
-    decode there; otherwise when the sample shrinks below ``threshold``."""
+def choose_codec(arr: np.ndarray, policy: str, threshold: float = 0.7, link_bits: float | None = None) -> str:
+    """``raw``/``zstd`` force a codec. ``auto``: with the link speed known (``link_bits``, this
+    destination's, else ``set_link_speed``'s), compress when the wire time saved (as a sample
+    compresses) exceeds the time to encode here (as the sample took) and decode there; otherwise when
+    the sample shrinks below ``threshold``."""
     if policy in CODECS:
         return policy
     if arr.nbytes < _MIN_COMPRESS_BYTES:
         return "raw"
-    link = _LINK["bits_per_s"]
+    link = link_bits if link_bits is not None else _LINK["bits_per_s"]
     if link is None:
         return "zstd" if compression_ratio(arr) < threshold else "raw"
     sample = _sample(arr)
@@ -235,7 +236,8 @@ def choose_codec(arr: np.ndarray, policy: str, threshold: float = 0.7) -> str:
     return "zstd" if saved_s > encode_s * (1 + _DECODE_PER_ENCODE) else "raw"
 
 
-def encode_array(name: str, arr: np.ndarray, policy: str = "auto") -> tuple[dict[str, Any], list[Any]]:
+def encode_array(name: str, arr: np.ndarray, policy: str = "auto",
+                 link_bits: float | None = None) -> tuple[dict[str, Any], list[Any]]:
     """Return the header entry and the frame payloads for one array (raw arrays in 1 MiB frames)."""
     arr = np.asarray(arr)
     if arr.dtype.str not in ALLOWED_DTYPES:
@@ -244,7 +246,7 @@ def encode_array(name: str, arr: np.ndarray, policy: str = "auto") -> tuple[dict
             raise DecodeError(f"array {name!r}: dtype {arr.dtype} cannot travel (allowed: numeric and bool)")
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)  # (ascontiguousarray alone would turn a 0-d array into 1-d)
-    codec = choose_codec(arr, policy)
+    codec = choose_codec(arr, policy, link_bits=link_bits)
     if codec == "zstd":
         payloads: list[Any] = [_encode(arr)]
     elif arr.size:

@@ -428,11 +428,13 @@ _FIELDS = {t: tuple(f.name for f in dataclasses.fields(cls) if f.name not in _BA
 _checked = body_checker(MESSAGES, _FIELDS, shallow={(MsgType.BATCH, "items")})
 
 
-def encode(msg: Message, topic: str | None = None, compression: str = "auto") -> list[Any]:
-    """Frames for ``msg``; prefix the PUB ``topic`` when given. Array frames are not copied."""
+def encode(msg: Message, topic: str | None = None, compression: str = "auto",
+           link_bits: float | None = None) -> list[Any]:
+    """Frames for ``msg``; prefix the PUB ``topic`` when given. Array frames are not copied. ``link_bits``:
+    the speed of the link to this message's destination, when known (the ``auto`` codec weighs it)."""
     metas, payloads = [], []
     for name, arr in msg.arrays.items():
-        meta, parts = encode_array(name, arr, compression)
+        meta, parts = encode_array(name, arr, compression, link_bits)
         metas.append(meta)
         payloads.extend(parts)
     header = {"v": VERSION, "type": msg.type.value, "id": msg.id, "token": msg.token, "body": _body(msg),

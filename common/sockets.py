@@ -69,9 +69,10 @@ def make_socket(
 
 
 def send(sock: zmq.Socket, msg: protocol.Message, *, envelope: list[bytes] | None = None,
-         topic: str | None = None, compression: str = "auto", flags: int = 0, faults: bool = True) -> int:
+         topic: str | None = None, compression: str = "auto", flags: int = 0, faults: bool = True,
+         link_bits: float | None = None) -> int:
     """Send ``msg``; return the bytes put on the wire (0 when a test fault dropped it)."""
-    frames = protocol.encode(msg, topic=topic, compression=compression)
+    frames = protocol.encode(msg, topic=topic, compression=compression, link_bits=link_bits)
     if envelope:
         frames = [*envelope, *frames]
     copies = FAULTS.copies(msg.type.value) if faults and FAULTS.active else 1
@@ -102,6 +103,7 @@ class Outbox:
         self._held: dict[str | None, list[protocol.Message]] = {}
         self._arrays: dict[str | None, int] = {}
         self.batches = 0  # batches sent (a lone message is not one)
+        self.link_bits: dict[str | None, float] = {}  # topic -> its link's measured speed (the auto codec's)
 
     def put(self, msg: protocol.Message, topic: str | None = None) -> int:
         """Hold ``msg`` (or send it now if it is large); return the bytes sent by this call."""
@@ -133,7 +135,8 @@ class Outbox:
 
     def _send(self, topic: str | None, msg: protocol.Message, faults: bool) -> int:
         try:
-            return send(self.sock, msg, topic=topic, compression=self.compression, flags=zmq.NOBLOCK, faults=faults)
+            return send(self.sock, msg, topic=topic, compression=self.compression, flags=zmq.NOBLOCK, faults=faults,
+                        link_bits=self.link_bits.get(topic))
         except TransportError as e:
             if self.on_error is None:
                 raise

@@ -14,6 +14,7 @@ from head_node.events import (
     parse_key, parse_task_id,
 )
 from common.security import topic_for
+from head_node.linkprobe import LinkProbes
 from head_node.registry import ProviderInfo, check_register
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class ProviderChannel:
         self.head = head
         self.log = head.log
         self.registry: dict[str, ProviderInfo] = {}
+        self.links = LinkProbes()  # the link to each remote provider, measured once it is ready
         self._finished: deque[tuple[float, str]] = deque()
         self.registration_handlers = {
             MsgType.REGISTER: self._on_register,
@@ -71,6 +73,7 @@ class ProviderChannel:
         info = self._owned(msg.provider_id, principal)
         if info is not None:
             info.state = "left"
+            self.links.forget(msg.provider_id)
             self.head.apply(self.head.sched.handle(ProviderLeft(time.monotonic(), msg.provider_id)))
             self.log.info("provider.left", provider_id=msg.provider_id, reason=msg.reason)
         return protocol.Ok()
@@ -88,6 +91,9 @@ class ProviderChannel:
 
     def _on_probe_ack(self, msg: protocol.ProbeAck, principal: "Principal") -> None:
         info = self._owned(msg.provider_id, principal)
+        if info is not None and self.links.owns(info.provider_id, msg.probe_id):
+            self._link_measured(info, self.links.acked(info.provider_id, msg.probe_id, time.monotonic()))
+            return
         if info is None or info.state != "joining" or msg.probe_id != info.probe_id:
             return
         info.state, info.last_seen = "ready", time.time()
@@ -95,11 +101,23 @@ class ProviderChannel:
         self.log.info("provider.ready", provider_id=info.provider_id, name=info.name, local=info.local)
         self.head.apply(self.head.sched.handle(
             ProviderReady(time.monotonic(), info.provider_id, info.slots, tuple(info.task_types))))
+        if not info.local and self.head.config.link_mbit is None:  # the operator's figure wins when given
+            for probe in self.links.start(info.provider_id):
+                self.head.publish(info.provider_id, probe)
+
+    def _link_measured(self, info: ProviderInfo, bits: float | None) -> None:
+        if bits is None:
+            return
+        info.link_bits = bits
+        if self.head.outbox is not None:
+            self.head.outbox.link_bits[self.topic(info.provider_id)] = bits
+        self.log.info("provider.link", provider_id=info.provider_id, name=info.name, mbit=round(bits / 1e6, 1))
 
     def mark_dead(self, provider_id: str) -> None:
         info = self.registry.get(provider_id)
         if info is not None:
             info.state = "dead"
+            self.links.forget(provider_id)
             self.head.counters["providers_dead"] += 1
             self.log.warning("provider.dead", provider_id=provider_id, name=info.name,
                              silent_for=round(time.time() - info.last_seen, 2))

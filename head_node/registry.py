@@ -37,6 +37,7 @@ class ProviderInfo:
     probe_id: str = ""
     probe_next: float = 0.0
     local: bool = False  # proved it reads the head's files: arrays go by reference (common/localdata.py)
+    link_bits: float | None = None  # the link's speed as measured at readiness (head_node/linkprobe.py)
 
     @classmethod
     def from_register(cls, msg: Register) -> "ProviderInfo":
@@ -56,6 +57,7 @@ class ProviderInfo:
             "task_types": self.task_types, "version": self.version, "state": self.state,
             "load": self.load, "memory_used": self.memory_used, "shards_done": self.shards_done,
             "computed": self.computed, "local": self.local,
+            "link_mbit": None if self.link_bits is None else round(self.link_bits / 1e6, 1),
             "last_seen": self.last_seen, "registered_at": self.registered_at,
         }
 

@@ -352,3 +352,28 @@ def test_lossy_link_matmul_is_exact(link, netns_cluster):
           f"{summary['shards_by_provider']}, local-1 computed {computed}, {retransmits} TCP retransmits, "
           f"reruns {summary['reruns']}, speculated {summary['speculated']}, "
           f"providers_dead {stats.get('providers_dead', 0)}, results_fenced {stats.get('results_fenced', 0)}")
+
+
+def test_the_head_measures_a_slow_link_and_compresses_for_it(link, netns_cluster):
+    """A token bucket limits the head's side of the veth to 20 Mbit/s: the head's link probe reads about
+    that for local-1, and floats that shrink only to ~0.9 (which the codec's guess alone sends raw) go
+    compressed to it, and only to it."""
+    _run("tc", "qdisc", "add", "dev", link.host_if, "root", "tbf", "rate", "20mbit", "burst", "32kb",
+         "latency", "400ms")
+    cluster = netns_cluster(env={"ZCOMPUTE_FAULTS": "delay:compute=0.3"})
+    with cluster.client(timeout=10, retries=2) as c:
+        remote = wait_until(lambda: (p := _by_name(c, "local-1")) and p.get("link_mbit") and p, timeout=20)
+        assert 10 <= remote["link_mbit"] <= 25, remote["link_mbit"]
+        assert _by_name(c, "local-0")["link_mbit"] is None  # on the head's machine: nothing to measure
+        noise = np.random.default_rng(3).standard_normal((300, 400)).astype(np.float32)
+        before = c.stats()
+        job = c.matmul(noise, noise.T, splits=(4, 1))
+        np.testing.assert_allclose(job.result(timeout=60), noise @ noise.T, rtol=1e-4, atol=1e-3)
+        after = c.stats()
+        by_provider = job.status()["shards_by_provider"]
+    raw = after["array_bytes_raw_sent"] - before["array_bytes_raw_sent"]
+    wire = after["array_bytes_wire_sent"] - before["array_bytes_wire_sent"]
+    assert by_provider.get("local-1", 0) >= 1, by_provider  # some inputs crossed the slow link
+    assert wire < raw, f"nothing was compressed for the 20 Mbit/s link ({wire} of {raw} bytes on the wire)"
+    print(f"\nFIGURE link probe: local-1 measured {remote['link_mbit']} Mbit/s behind a 20mbit tbf; "
+          f"inputs to it {wire / raw:.2f} of their raw size on the wire")

@@ -146,6 +146,16 @@ def test_auto_with_a_known_link_compresses_only_where_it_pays(link_speed):
         link_speed(0)
 
 
+def test_a_destination_s_own_link_speed_outweighs_the_default(link_speed):
+    noise = np.random.default_rng(5).standard_normal(200_000).astype(np.float32)
+    ints = (np.arange(200_000) % 251).astype(np.float32)
+    assert choose_codec(noise, "auto", link_bits=1e3) == "zstd"  # a slow link to this one: it pays
+    link_speed(1e3)
+    assert choose_codec(ints, "auto", link_bits=1e15) == "raw"  # this destination is fast, whatever the default
+    meta, _ = encode_array("a", noise, "auto", link_bits=1e3)
+    assert meta["codec"] == "zstd"
+
+
 @settings(max_examples=60, deadline=None)
 @given(hnp.arrays(st.sampled_from(_FLOATS + ["int16", "bool"]).map(np.dtype),
                   hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=40)))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import types
 import uuid
 
 import pytest
 
-from common import protocol
+import head_node.providers
+from common import codec, protocol
 from common.config import HeadConfig
 from head_node.auth import INSECURE
 from head_node.events import Republish, Tick
@@ -105,3 +107,32 @@ def test_heartbeats_are_served_between_the_steps_of_a_large_submit(head):
     # a heartbeat in between may already have leased shards; no provider got more than its one slot
     assert sorted(p for p, m in head.published if isinstance(m, protocol.Task)) == sorted(pids)
     assert len({m.task_id for m in leased}) == 3 and head.jobs[job_id].status in ("queued", "running")
+
+
+def test_a_remote_provider_s_link_is_measured_once_it_is_ready(head, monkeypatch):
+    from head_node import linkprobe
+
+    pid = ready_provider(head)  # not on the head's machine: no local proof in its probe ack
+    probes = [m for p, m in head.published if isinstance(m, protocol.Probe) and m.probe_id.startswith("link-")]
+    assert [m.arrays["pad"].nbytes if m.arrays else 0 for m in probes] == [0, *[linkprobe.PROBE_BYTES] * 2]
+    assert head.providers.registry[pid].summary()["link_mbit"] is None
+    clock = iter([100.0, 100.042, 100.084])  # each big one's acknowledgement 42 ms after the one before
+    monkeypatch.setattr(head_node.providers, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
+                                                                           time=time.time))
+    for probe in probes:
+        head.providers._on_probe_ack(protocol.ProbeAck(provider_id=pid, probe_id=probe.probe_id), INSECURE)
+    monkeypatch.undo()
+    assert head.providers.registry[pid].summary()["link_mbit"] == pytest.approx(99.9, abs=0.1)  # 512 KiB / 42 ms
+    assert head.providers.registry[pid].state == "ready"  # its readiness is untouched
+
+
+def test_no_link_probe_when_the_operator_gave_the_link_speed(tmp_path):
+    node = HeadNode(HeadConfig(data_dir=tmp_path, insecure=True, http_port=0, link_mbit=100.0))
+    node.published = []
+    node.publish = lambda provider_id, msg: node.published.append((provider_id, msg))
+    try:
+        ready_provider(node)
+        assert not [m for _, m in node.published if isinstance(m, protocol.Probe) and m.probe_id.startswith("link-")]
+    finally:
+        node.close()
+        codec.set_link_speed(None)  # the head set it for the whole process

@@ -1,0 +1,30 @@
+"""The head's link probes (``head_node.linkprobe``): three probes, the gaps between their acknowledgements."""
+
+import pytest
+
+from head_node.linkprobe import MIN_GAP, PROBE_BYTES, LinkProbes
+
+
+def test_the_longer_gap_between_acknowledgements_gives_the_speed():
+    probes = LinkProbes()
+    small, big, big2 = probes.start("p")
+    assert not small.arrays and big.arrays["pad"].nbytes == big2.arrays["pad"].nbytes == PROBE_BYTES
+    assert all(probes.owns("p", m.probe_id) for m in (small, big, big2))
+    assert not probes.owns("q", small.probe_id) and not probes.owns("p", "readiness-probe")
+    assert probes.acked("p", small.probe_id, 10.0) is None  # one is not enough
+    assert probes.acked("p", small.probe_id, 10.5) is None  # a duplicate keeps the first time
+    assert probes.acked("p", big.probe_id, 10.001) is None
+    # the first big one came through a shaper's burst in 1 ms, the second at the shaper's rate in 100 ms
+    assert probes.acked("p", big2.probe_id, 10.101) == pytest.approx(PROBE_BYTES * 8 / 0.1)
+    assert not probes.owns("p", big.probe_id)  # done: later acknowledgements are not link probes
+
+
+def test_a_gap_too_short_to_time_reads_as_the_fastest_link_and_forget_drops_a_probe():
+    probes = LinkProbes()
+    ids = [m.probe_id for m in probes.start("p")]
+    for probe_id in reversed(ids):  # even out of order
+        bits = probes.acked("p", probe_id, 5.0)
+    assert bits == PROBE_BYTES * 8 / MIN_GAP
+    small = probes.start("p")[0]
+    probes.forget("p")
+    assert not probes.owns("p", small.probe_id)
