@@ -270,7 +270,7 @@ def providers(ctx):
         with _errors():
             rows = c.providers()
     click.echo(table(rows, ["name", "platform", "device", "state", "slots", "free_slots", "gflops",
-                            "shards_done", "task_types"]))
+                            "shards_done", "link_mbit", "task_types"]))
 
 
 @cli.command(epilog="Example: user-client demo --size 2048 --splits 2x2")

@@ -221,7 +221,8 @@ function renderProviders(state) {
     const inUse = Math.max(0, p.slots - p.free_slots);
     const memory = p.memory_bytes ? bytes(p.memory_used) + " / " + bytes(p.memory_bytes) : bytes(p.memory_used);
     return el("tr", { "data-provider-id": p.provider_id },
-      el("td", {}, p.name), el("td", {}, p.platform), el("td", {}, p.device || "–"), el("td", {}, badge(p.state)),
+      el("td", {}, p.name), el("td", {}, p.platform), el("td", {}, p.device || "–"),
+      el("td", {}, p.local ? "this machine" : p.link_mbit ? p.link_mbit + " Mbit/s" : "–"), el("td", {}, badge(p.state)),
       el("td", {}, el("meter", { min: 0, max: p.slots || 1, value: inUse }), " " + inUse + " / " + p.slots),
       el("td", { class: "num" }, fixed(p.load, 2)), el("td", {}, memory),
       el("td", { class: "num" }, p.shards_done),
