@@ -195,7 +195,7 @@ def _on_zcompute(sock, ack) -> bytes | None:
         return None
     msg = protocol.decode(frames, topic=True)
     if isinstance(msg, protocol.Probe):  # the head's link probe: acknowledged as the provider runtime does
-        ack.send_multipart([b"probe_ack", msg.probe_id.encode()])
+        ack.send_multipart([b"probe_ack", struct.pack("d", time.monotonic()) + msg.probe_id.encode()])
         return None
     arr = msg.arrays["a"]
     ack.send_multipart([b"ack", struct.pack("d", time.perf_counter() - got)])
@@ -295,8 +295,9 @@ class Sender:
             send(self.zc, probe, topic=ZC_TOPIC, compression="auto", flags=self.zmq.NOBLOCK)
         bits = None
         while bits is None:
-            probe_id = self._wait(b"probe_ack").decode()
-            bits = probes.acked("receiver", probe_id, time.monotonic())
+            payload = self._wait(b"probe_ack")
+            (received,), probe_id = struct.unpack("d", payload[:8]), payload[8:].decode()
+            bits = probes.acked("receiver", probe_id, time.monotonic(), received)
         return bits
 
     def once(self, sc: Scenario, arr, check: bool) -> dict[str, float]:

@@ -164,7 +164,8 @@ class SimProvider:
 
     def on_task_message(self, msg: protocol.Message, now: float) -> None:
         if isinstance(msg, protocol.Probe):
-            self._push(protocol.ProbeAck(provider_id=self.id, probe_id=msg.probe_id), now)
+            received = time.monotonic() if msg.probe_id.startswith(protocol.LINK_PROBE_PREFIX) else 0.0
+            self._push(protocol.ProbeAck(provider_id=self.id, probe_id=msg.probe_id, received=received), now)
         elif isinstance(msg, protocol.Task):
             self._on_task(msg, now)
         elif isinstance(msg, protocol.CancelTask):

@@ -189,6 +189,9 @@ class Probe(Message):
     probe_id: str
 
 
+LINK_PROBE_PREFIX = "link-"  # the probe_id of a link probe (head_node/linkprobe.py): acknowledge it timed
+
+
 # -- results (PUSH) -----------------------------------------------------------
 
 
@@ -237,6 +240,7 @@ class ProbeAck(Message):
     provider_id: str
     probe_id: str
     local_proof: str = ""  # made from the head's probe file: this provider can read the head's job files
+    received: float = 0.0  # link probes: the provider's monotonic clock when it decoded the probe
 
 
 # -- client API ---------------------------------------------------------------
@@ -424,6 +428,18 @@ MESSAGES: dict[MsgType, type[Message]] = {
 _BASE_FIELDS = {"id", "token", "arrays"}  # in the header; the other fields make the body
 _FIELDS = {t: tuple(f.name for f in dataclasses.fields(cls) if f.name not in _BASE_FIELDS)
            for t, cls in MESSAGES.items()}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+#: optional fields and their defaults: a field at its default is left out of the body (a decoder fills
+#: it in), so a peer from before a field was added still decodes every message that does not use it
+_DEFAULTS = {t: {f.name: _default(f) for f in dataclasses.fields(cls) if f.name not in _BASE_FIELDS
+                 and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)}
+             for t, cls in MESSAGES.items()}
+_NOTHING = object()
 # a batch's items are checked one by one in unbatch(), each against the same depth limit
 _checked = body_checker(MESSAGES, _FIELDS, shallow={(MsgType.BATCH, "items")})
 
@@ -446,7 +462,14 @@ def encode(msg: Message, topic: str | None = None, compression: str = "auto",
 
 
 def _body(msg: Message) -> dict[str, Any]:
-    return {name: getattr(msg, name) for name in _FIELDS[msg.type]}
+    defaults = _DEFAULTS[msg.type]
+    body = {}
+    for name in _FIELDS[msg.type]:
+        value = getattr(msg, name)
+        default = defaults.get(name, _NOTHING)
+        if default is _NOTHING or type(value) is not type(default) or value != default:
+            body[name] = value
+    return body
 
 
 def _buffer_len(frame: Any) -> int:

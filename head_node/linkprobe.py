@@ -5,12 +5,14 @@ machine's links that guess chose the slower codec for a photo-like array at 1 Gb
 faster one's time) and for random floats at 100 Mbit/s (1.16 times).
 
 When a provider that is not on the head's machine becomes ready, and the operator gave no
-``--link-mbit``, the head publishes three probes to it back to back: an empty one, then two carrying
-``PROBE_BYTES`` of random bytes each. They travel the same connection in order and the provider
-acknowledges each as soon as it has decoded it, so the time between two acknowledgements is the
-later probe's transfer (plus decoding it, a fraction of a millisecond). The longer of the two gaps
-counts: a shaper that lets a first burst through at full speed (a token bucket) is then read at its
-rate, not its burst's. ``bits per second = PROBE_BYTES * 8 / gap``. What the head then sends that
+``--link-mbit``, the head publishes three probes to it back to back, before any task: an empty one,
+then two carrying ``PROBE_BYTES`` of random bytes each. They travel the same connection in order,
+and the provider's acknowledgement of each says when (on its own clock) it decoded it, so the time
+between two of them is the later probe's transfer (plus decoding it, a fraction of a millisecond),
+however the acknowledgements are batched on the way back or wait in the head's queue. (A provider
+that does not say is timed by the acknowledgements' arrival.) The longer of the two gaps counts: a
+shaper that lets a first burst through at full speed (a token bucket) is then read at its rate,
+not its burst's. ``bits per second = PROBE_BYTES * 8 / gap``. What the head then sends that
 provider is encoded for its own link (``Outbox.link_bits``). A probe whose acknowledgement is lost
 leaves the guess in place.
 """
@@ -38,12 +40,13 @@ def _random_bytes() -> np.ndarray:
 
 class LinkProbes:
     def __init__(self) -> None:
-        self._pending: dict[str, tuple[list[str], dict[str, float]]] = {}  # provider -> (probe ids, acks)
+        # provider -> (probe ids, {probe id: (our clock at its acknowledgement, the provider's at receipt)})
+        self._pending: dict[str, tuple[list[str], dict[str, tuple[float, float]]]] = {}
 
     def start(self, provider_id: str) -> list[protocol.Probe]:
         """The probes to publish to ``provider_id``, in this order."""
         tag = secrets.token_hex(6)
-        ids = [f"link-{tag}-{i}" for i in range(3)]
+        ids = [f"{protocol.LINK_PROBE_PREFIX}{tag}-{i}" for i in range(3)]
         self._pending[provider_id] = (ids, {})
         return [protocol.Probe(probe_id=ids[0]),
                 *(protocol.Probe(probe_id=i, arrays={"pad": _random_bytes()}) for i in ids[1:])]
@@ -52,14 +55,16 @@ class LinkProbes:
         pending = self._pending.get(provider_id)
         return pending is not None and probe_id in pending[0]
 
-    def acked(self, provider_id: str, probe_id: str, now: float) -> float | None:
-        """Record an acknowledgement (``now``: monotonic); the link's bits per second once all are in."""
+    def acked(self, provider_id: str, probe_id: str, now: float, received: float = 0.0) -> float | None:
+        """Record an acknowledgement (``now``: our monotonic clock; ``received``: the provider's when it
+        decoded the probe, 0 if it did not say); the link's bits per second once all are in."""
         ids, acks = self._pending[provider_id]
-        acks.setdefault(probe_id, now)
+        acks.setdefault(probe_id, (now, received))
         if len(acks) < len(ids):
             return None
         del self._pending[provider_id]
-        gap = max(acks[later] - acks[earlier] for earlier, later in zip(ids, ids[1:]))
+        clock = 1 if all(acks[i][1] > 0 for i in ids) else 0  # one clock for all three
+        gap = max(acks[later][clock] - acks[earlier][clock] for earlier, later in zip(ids, ids[1:]))
         return PROBE_BYTES * 8 / max(MIN_GAP, gap)
 
     def forget(self, provider_id: str) -> None:

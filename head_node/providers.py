@@ -57,6 +57,8 @@ class ProviderChannel:
         if reason:
             raise RequestError(f"registration refused: {reason}", "invalid")
         self._owned(msg.provider_id, principal)
+        if msg.provider_id in self.registry:
+            self._forget_link(msg.provider_id)
         info = ProviderInfo.from_register(msg)
         info.owner = principal.name
         info.topic = topic_for(principal.key, msg.provider_id) if principal.key else msg.provider_id
@@ -73,7 +75,7 @@ class ProviderChannel:
         info = self._owned(msg.provider_id, principal)
         if info is not None:
             info.state = "left"
-            self.links.forget(msg.provider_id)
+            self._forget_link(msg.provider_id)
             self.head.apply(self.head.sched.handle(ProviderLeft(time.monotonic(), msg.provider_id)))
             self.log.info("provider.left", provider_id=msg.provider_id, reason=msg.reason)
         return protocol.Ok()
@@ -92,16 +94,24 @@ class ProviderChannel:
     def _on_probe_ack(self, msg: protocol.ProbeAck, principal: "Principal") -> None:
         info = self._owned(msg.provider_id, principal)
         if info is not None and self.links.owns(info.provider_id, msg.probe_id):
-            self._link_measured(info, self.links.acked(info.provider_id, msg.probe_id, time.monotonic()))
+            self._link_measured(info, self.links.acked(info.provider_id, msg.probe_id, time.monotonic(),
+                                                       msg.received))
             return
         if info is None or info.state != "joining" or msg.probe_id != info.probe_id:
             return
         info.state, info.last_seen = "ready", time.time()
         info.local = self.head.is_local_proof(msg.local_proof)
         self.log.info("provider.ready", provider_id=info.provider_id, name=info.name, local=info.local)
+        if not info.local:
+            self._probe_link(info)  # before its first task: nothing queued ahead of the probes
         self.head.apply(self.head.sched.handle(
             ProviderReady(time.monotonic(), info.provider_id, info.slots, tuple(info.task_types))))
-        if not info.local and self.head.config.link_mbit is None:  # the operator's figure wins when given
+
+    # -- the link to a provider (head_node/linkprobe.py) -------------------------------------------------------
+
+    def _probe_link(self, info: ProviderInfo) -> None:
+        config = self.head.config
+        if config.link_mbit is None and config.compression == "auto":  # only auto weighs it; the operator's wins
             for probe in self.links.start(info.provider_id):
                 self.head.publish(info.provider_id, probe)
 
@@ -113,11 +123,17 @@ class ProviderChannel:
             self.head.outbox.link_bits[self.topic(info.provider_id)] = bits
         self.log.info("provider.link", provider_id=info.provider_id, name=info.name, mbit=round(bits / 1e6, 1))
 
+    def _forget_link(self, provider_id: str) -> None:
+        """Its probes and measured speed go (it left, died, or registers afresh: measured again if remote)."""
+        self.links.forget(provider_id)
+        if self.head.outbox is not None:
+            self.head.outbox.link_bits.pop(self.topic(provider_id), None)
+
     def mark_dead(self, provider_id: str) -> None:
         info = self.registry.get(provider_id)
         if info is not None:
             info.state = "dead"
-            self.links.forget(provider_id)
+            self._forget_link(provider_id)
             self.head.counters["providers_dead"] += 1
             self.log.warning("provider.dead", provider_id=provider_id, name=info.name,
                              silent_for=round(time.time() - info.last_seen, 2))
@@ -212,6 +228,7 @@ class ProviderChannel:
             else:  # it cannot open our files after all: send it bytes from now on
                 info.local = False
                 self.log.warning("provider.not_local", provider_id=msg.provider_id, error=msg.error)
+                self._probe_link(info)
             self.head.decide(event)
             return
         event = self._task_event(TaskFailed, msg, principal, error=msg.error)

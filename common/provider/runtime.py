@@ -247,7 +247,9 @@ class Provider:
                 handler(msg)
 
     def _on_probe(self, msg: protocol.Probe) -> None:
-        self._send(protocol.ProbeAck(provider_id=self.id, probe_id=msg.probe_id,
+        # a link probe is timed on our clock: the head's receipt of a batch of acknowledgements says nothing
+        received = time.monotonic() if msg.probe_id.startswith(protocol.LINK_PROBE_PREFIX) else 0.0
+        self._send(protocol.ProbeAck(provider_id=self.id, probe_id=msg.probe_id, received=received,
                                      local_proof=self.local.proof if self.local is not None else ""))
 
     def _on_cancel(self, msg: protocol.CancelTask) -> None:

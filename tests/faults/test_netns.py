@@ -371,9 +371,17 @@ def test_the_head_measures_a_slow_link_and_compresses_for_it(link, netns_cluster
         np.testing.assert_allclose(job.result(timeout=60), noise @ noise.T, rtol=1e-4, atol=1e-3)
         after = c.stats()
         by_provider = job.status()["shards_by_provider"]
-    raw = after["array_bytes_raw_sent"] - before["array_bytes_raw_sent"]
-    wire = after["array_bytes_wire_sent"] - before["array_bytes_wire_sent"]
-    assert by_provider.get("local-1", 0) >= 1, by_provider  # some inputs crossed the slow link
-    assert wire < raw, f"nothing was compressed for the 20 Mbit/s link ({wire} of {raw} bytes on the wire)"
-    print(f"\nFIGURE link probe: local-1 measured {remote['link_mbit']} Mbit/s behind a 20mbit tbf; "
-          f"inputs to it {wire / raw:.2f} of their raw size on the wire")
+        raw = after["array_bytes_raw_sent"] - before["array_bytes_raw_sent"]
+        wire = after["array_bytes_wire_sent"] - before["array_bytes_wire_sent"]
+        assert by_provider.get("local-1", 0) >= 1, by_provider  # some inputs crossed the slow link
+        assert wire < raw, f"nothing was compressed for the 20 Mbit/s link ({wire} of {raw} bytes on the wire)"
+        # a provider joining while shards wait for it: the probes go ahead of its first task, and its own
+        # clock times them, so the busy start does not skew the reading
+        busy = c.matmul(noise, noise.T, splits=(12, 1))
+        cluster.add_provider(wrapper=["ip", "netns", "exec", link.ns, *hidden_dir_wrapper(cluster.data_dir / "head")])
+        joined = wait_until(lambda: (p := _by_name(c, "local-2")) and p.get("link_mbit") and p, timeout=30)
+        assert 10 <= joined["link_mbit"] <= 25, joined["link_mbit"]
+        busy.result(timeout=120)
+    print(f"\nFIGURE link probe: local-1 measured {remote['link_mbit']} Mbit/s behind a 20mbit tbf, local-2 "
+          f"(joining during a job) {joined['link_mbit']}; inputs to local-1 {wire / raw:.2f} of their raw size "
+          "on the wire")

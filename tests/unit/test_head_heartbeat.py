@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 
-import head_node.providers
 from common import codec, protocol
 from common.config import HeadConfig
 from head_node.auth import INSECURE
@@ -109,21 +108,45 @@ def test_heartbeats_are_served_between_the_steps_of_a_large_submit(head):
     assert len({m.task_id for m in leased}) == 3 and head.jobs[job_id].status in ("queued", "running")
 
 
-def test_a_remote_provider_s_link_is_measured_once_it_is_ready(head, monkeypatch):
+def test_a_remote_provider_s_link_is_measured_once_it_is_ready(head):
     from head_node import linkprobe
 
+    head.outbox = types.SimpleNamespace(link_bits={})  # what the loop's encoder reads per topic
     pid = ready_provider(head)  # not on the head's machine: no local proof in its probe ack
-    probes = [m for p, m in head.published if isinstance(m, protocol.Probe) and m.probe_id.startswith("link-")]
+    probes = [m for _, m in head.published if isinstance(m, protocol.Probe) and m.probe_id.startswith("link-")]
     assert [m.arrays["pad"].nbytes if m.arrays else 0 for m in probes] == [0, *[linkprobe.PROBE_BYTES] * 2]
     assert head.providers.registry[pid].summary()["link_mbit"] is None
-    clock = iter([100.0, 100.042, 100.084])  # each big one's acknowledgement 42 ms after the one before
-    monkeypatch.setattr(head_node.providers, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
-                                                                           time=time.time))
-    for probe in probes:
-        head.providers._on_probe_ack(protocol.ProbeAck(provider_id=pid, probe_id=probe.probe_id), INSECURE)
-    monkeypatch.undo()
-    assert head.providers.registry[pid].summary()["link_mbit"] == pytest.approx(99.9, abs=0.1)  # 512 KiB / 42 ms
-    assert head.providers.registry[pid].state == "ready"  # its readiness is untouched
+    # its acknowledgements came back in one batch; its own clock says each big one took 42 ms
+    for probe, received in zip(probes, (500.0, 500.042, 500.084)):
+        head.providers._on_probe_ack(protocol.ProbeAck(provider_id=pid, probe_id=probe.probe_id, received=received),
+                                     INSECURE)
+    info = head.providers.registry[pid]
+    assert info.summary()["link_mbit"] == pytest.approx(99.9, abs=0.1)  # 512 KiB / 42 ms
+    assert head.outbox.link_bits == {head.providers.topic(pid): info.link_bits} and info.state == "ready"
+    head.providers._on_register(protocol.Register(  # registers afresh: measured again once ready
+        provider_id=pid, name="p", platform="linux", devices=[{"kind": "cpu", "name": "cpu", "memory_bytes": 0}],
+        memory_bytes=0, cores=1, slots=1, gflops=1.0, torch=False, task_types=["noop"], version="test"), INSECURE)
+    assert head.outbox.link_bits == {} and not head.providers.links.owns(pid, probes[0].probe_id)
+    head.outbox.link_bits[head.providers.topic(pid)] = 1e9
+    head.providers.mark_dead(pid)
+    assert head.outbox.link_bits == {}  # its figure goes with it
+
+
+def test_link_probes_go_out_before_the_first_task_and_only_for_auto(tmp_path):
+    for compression, probed in (("auto", True), ("raw", False)):
+        node = HeadNode(HeadConfig(data_dir=tmp_path / compression, insecure=True, http_port=0,
+                                   compression=compression))
+        node.published = []
+        node.publish = lambda provider_id, msg, node=node: node.published.append((provider_id, msg))
+        try:
+            node.api.handlers[protocol.MsgType.SUBMIT](protocol.Submit(task_type="noop", params={"shards": 1}),
+                                                       INSECURE)
+            ready_provider(node)
+            kinds = [("link" if m.probe_id.startswith("link-") else "probe") if isinstance(m, protocol.Probe)
+                     else type(m).__name__ for _, m in node.published]
+            assert kinds == (["link"] * 3 if probed else []) + ["Task"], kinds
+        finally:
+            node.close()
 
 
 def test_no_link_probe_when_the_operator_gave_the_link_speed(tmp_path):

@@ -28,3 +28,16 @@ def test_a_gap_too_short_to_time_reads_as_the_fastest_link_and_forget_drops_a_pr
     small = probes.start("p")[0]
     probes.forget("p")
     assert not probes.owns("p", small.probe_id)
+
+
+def test_the_provider_s_clock_is_used_when_every_acknowledgement_carries_it():
+    probes = LinkProbes()
+    ids = [m.probe_id for m in probes.start("p")]
+    # batched on the way back: all three reach us at once, but the provider decoded them 21 ms apart
+    for probe_id, received in zip(ids, (7.0, 7.021, 7.042)):
+        bits = probes.acked("p", probe_id, 50.0, received)
+    assert bits == pytest.approx(PROBE_BYTES * 8 / 0.021)
+    ids = [m.probe_id for m in probes.start("p")]
+    for probe_id, now, received in zip(ids, (1.0, 1.01, 1.02), (7.0, 0.0, 7.5)):  # one did not say: ours
+        bits = probes.acked("p", probe_id, now, received)
+    assert bits == pytest.approx(PROBE_BYTES * 8 / 0.01)

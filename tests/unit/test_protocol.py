@@ -514,3 +514,22 @@ def test_unbatch_refuses_arrays_that_name_no_item():
         batch = protocol.decode(protocol.encode(protocol.Batch(items=[_GOOD_ITEM], arrays={name: np.zeros(2)})))
         with pytest.raises(DecodeError, match="names no item"):
             protocol.unbatch(batch)
+
+
+def test_fields_at_their_default_stay_out_of_the_body_and_come_back_on_decode():
+    import msgpack
+
+    from common import protocol as p
+
+    fetch = p.Fetch(job_id="j1")  # wait and local at their defaults: what a head from before them accepts
+    header = msgpack.unpackb(p.encode(fetch)[0], raw=False)
+    assert header["body"] == {"job_id": "j1"}
+    back = p.decode(p.encode(fetch))
+    assert (back.job_id, back.wait, back.local) == ("j1", 0.0, False)
+    held = p.decode(p.encode(p.Fetch(job_id="j1", wait=2.5)))
+    assert held.wait == 2.5
+    # a full body, as every encoder wrote before, still decodes
+    full = msgpack.packb({**header, "body": {"job_id": "j1", "wait": 0.0, "local": False}}, use_bin_type=True)
+    assert p.decode([full]).job_id == "j1"
+    ack = msgpack.unpackb(p.encode(p.ProbeAck(provider_id="p" * 32, probe_id="x"))[0], raw=False)
+    assert ack["body"] == {"provider_id": "p" * 32, "probe_id": "x"}
