@@ -47,6 +47,7 @@ class Retention:
         self.jobs_dir: Path = head.config.data_dir / "jobs"
         keep = head.config.keep_finished
         self._period = min(SWEEP_SECONDS, max(0.2, keep / 4)) if keep > 0 else 0.0
+        self._keep = _ago(keep)  # as the reason of an expiry says it
         self._next = 0.0
         self._retry_after: dict[str, float] = {}  # job_id -> when the sweep tries it again after a failure
         self._removals: queue.Queue[Path | None] = queue.Queue()
@@ -175,7 +176,7 @@ class Retention:
             if time.monotonic() > until:
                 return  # the next tick goes on (self._next is unchanged)
             try:
-                self.delete(job, reason=f"finished more than --keep-finished {_ago(self.head.config.keep_finished)} ago")
+                self.delete(job, reason=f"finished more than --keep-finished {self._keep} ago")
             except (OSError, sqlite3.Error, RequestError) as e:  # this job only: the others still go
                 self._retry_after[job.job_id] = now + max(self._period, SWEEP_SECONDS)
                 self.log.error("job.delete_failed", job_id=job.job_id, error=str(e))

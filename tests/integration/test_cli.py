@@ -35,7 +35,8 @@ def test_every_script_has_help(script):
     ["head-node", "start"], ["provider", "start"], ["provider-macos", "start"], ["provider-windows", "start"],
     ["user-client", "submit", "matmul"], ["user-client", "submit", "filemean"], ["user-client", "train"],
     ["user-client", "events"], ["user-client", "watch"], ["user-client", "status"], ["user-client", "result"],
-    ["user-client", "cancel"], ["user-client", "delete"], ["user-client", "jobs"], ["user-client", "providers"], ["user-client", "demo"],
+    ["user-client", "cancel"], ["user-client", "delete"], ["user-client", "jobs"], ["user-client", "providers"],
+    ["user-client", "demo"],
 ])
 def test_every_command_explains_itself_with_an_example(command):
     out = run(*command, "--help")
