@@ -201,7 +201,7 @@ class LocalFiles:
         project's test VM), a ``pwrite`` copies into the page cache (0.5 ms). TypeError if ``arr`` cannot be
         cast to the region's dtype (same kind); ValueError if the region is not within a job's file."""
         r = self._region(ref, writing=True)
-        if not hasattr(os, "pwrite") or r.strides != _c_strides(r.shape, r.dtype.itemsize) or arr.shape != r.shape:
+        if not _pwritable(r.shape, r.strides, r.dtype.itemsize) or arr.shape != r.shape:
             return False
         if not np.can_cast(arr.dtype, r.dtype, casting="same_kind"):
             raise TypeError(f"cannot write {arr.dtype} into a {r.dtype} array")
@@ -230,10 +230,13 @@ def pwrite_region(ref: dict[str, Any]) -> bool:
     """Whether ``LocalFiles.write`` takes this region whole: one contiguous run of bytes, on a system with
     ``pwrite`` (not Windows)."""
     try:
-        return hasattr(os, "pwrite") and (
-            tuple(ref["strides"]) == _c_strides(tuple(ref["shape"]), np.dtype(ref["dtype"]).itemsize))
+        return _pwritable(tuple(ref["shape"]), tuple(ref["strides"]), np.dtype(ref["dtype"]).itemsize)
     except (KeyError, TypeError, ValueError):
         return False
+
+
+def _pwritable(shape: tuple, strides: tuple, itemsize: int) -> bool:
+    return hasattr(os, "pwrite") and strides == _c_strides(shape, itemsize)
 
 
 def _c_strides(shape: tuple, itemsize: int) -> tuple:

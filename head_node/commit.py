@@ -72,10 +72,10 @@ class GroupCommit:
         key = (job_id, index)
         return key not in self.pending and key not in self._in_flight
 
-    def holds(self, job_id: str) -> bool:
-        """Is anything of this job still waiting to be synced or journaled?"""
-        return (job_id in self._jobs_in_flight or any(j.job_id == job_id for j in self._finished)
-                or any(key[0] == job_id for key in self.pending) or any(key[0] == job_id for key in self._in_flight))
+    def held_jobs(self) -> set[str]:
+        """The jobs of which something still waits to be synced or journaled."""
+        return {*self._jobs_in_flight, *(j.job_id for j in self._finished),
+                *(job_id for job_id, _ in self.pending), *(job_id for job_id, _ in self._in_flight)}
 
     def start(self) -> None:
         """Commit what is pending: sync its files (on the thread, where there is one), then journal it."""

@@ -225,29 +225,37 @@ def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFam
     return GaugeMetricFamily(name, documentation, value=math.nan if value is None else value)
 
 
+def _no_latencies() -> dict[str, Any]:
+    return {"counts": [0] * len(LATENCY_BUCKETS), "sum": 0.0}
+
+
+def count_latency(hist: dict[str, Any] | None, latency: float) -> dict[str, Any]:
+    """``hist`` ({"counts": per bucket, not cumulative; "sum"}, None: a new one) with ``latency`` added."""
+    hist = hist if hist is not None else _no_latencies()
+    hist["counts"][bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+    hist["sum"] += latency
+    return hist
+
+
 def _latency_histogram(jobs: list[dict[str, Any]], deleted: dict[str, dict[str, Any]]) -> HistogramMetricFamily:
-    """Over the jobs the head holds plus ``deleted`` (per task type: per-bucket counts and a sum), so deleting
+    """Over the jobs the head holds plus ``deleted`` (per task type, as ``count_latency`` keeps it), so deleting
     a job takes nothing away from the histogram."""
     hist = HistogramMetricFamily("zcompute_job_latency_seconds", "Submit to finish of succeeded jobs.",
                                  labels=["task_type"])
     label = _bounded([j["task_type"] for j in jobs] + list(deleted))
-    counts: dict[str, list[int]] = {}
-    sums: Counter[str] = Counter()
+    by_type: dict[str, dict[str, Any]] = {}
     for task_type, h in deleted.items():
-        merged = counts.setdefault(label(task_type), [0] * len(LATENCY_BUCKETS))
-        for i, n in enumerate(h["counts"]):
-            merged[i] += n
-        sums[label(task_type)] += h["sum"]
+        merged = by_type.setdefault(label(task_type), _no_latencies())
+        merged["counts"] = [a + b for a, b in zip(merged["counts"], h["counts"])]
+        merged["sum"] += h["sum"]
     for j in jobs:
         latency = _latency(j) if j["status"] == "succeeded" else None
         if latency is not None:
-            merged = counts.setdefault(label(j["task_type"]), [0] * len(LATENCY_BUCKETS))
-            merged[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
-            sums[label(j["task_type"])] += latency
-    for task_type, per_bucket in sorted(counts.items()):
-        cumulative = list(itertools.accumulate(per_bucket))
+            by_type[label(j["task_type"])] = count_latency(by_type.get(label(j["task_type"])), latency)
+    for task_type, h in sorted(by_type.items()):
+        cumulative = itertools.accumulate(h["counts"])
         hist.add_metric([task_type], [(_bucket_name(b), n) for b, n in zip(LATENCY_BUCKETS, cumulative)],
-                        sum_value=sums[task_type])
+                        sum_value=h["sum"])
     return hist
 
 

@@ -16,7 +16,6 @@ worked off over several ticks instead of stalling the loop.
 
 from __future__ import annotations
 
-import bisect
 import os
 import queue
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from common.errors import RequestError, ValidationError
-from head_node.metrics import LATENCY_BUCKETS
+from head_node.metrics import count_latency
 
 if TYPE_CHECKING:
     from head_node.jobs import Job
@@ -90,7 +89,7 @@ class Retention:
         if not job.finished:
             raise ValidationError(f"job {job.job_id} is {job.status}: cancel it first, then delete it")
         head = self.head
-        if head.commit.holds(job.job_id):
+        if job.job_id in head.commit.held_jobs():
             head.commit.flush()  # its end must be journaled before the journal forgets it
         job.files.release(flush=False)
         head.events.close_job(job.job_id)
@@ -132,9 +131,7 @@ class Retention:
         self.done_by_type[job.task_type] += job.done
         if job.status == "succeeded" and job.finished_at:
             latency = max(0.0, job.finished_at - job.submitted_at)
-            h = self.latency.setdefault(job.task_type, {"counts": [0] * len(LATENCY_BUCKETS), "sum": 0.0})
-            h["counts"][bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
-            h["sum"] += latency
+            self.latency[job.task_type] = count_latency(self.latency.get(job.task_type), latency)
 
     def totals(self) -> dict[str, Any]:
         """Deleted jobs' share of the /metrics counters (``head_node.metrics``)."""
@@ -149,8 +146,6 @@ class Retention:
     def _remove_loop(self) -> None:
         while (path := self._removals.get()) is not None:
             shutil.rmtree(path, ignore_errors=True)  # what stays is removed at the next start
-            self._removals.task_done()
-        self._removals.task_done()
 
     def close(self, timeout: float = 30.0) -> None:
         """Let the removals already handed over finish (up to ``timeout``)."""
@@ -169,9 +164,9 @@ class Retention:
         most ``SWEEP_BUDGET`` per call (a backlog goes on at the next tick)."""
         if not self._period or now < self._next:
             return
-        until = time.monotonic() + SWEEP_BUDGET
+        until, held = time.monotonic() + SWEEP_BUDGET, self.head.commit.held_jobs()
         for job in self._expired(time.time() - self.head.config.keep_finished):
-            if self._retry_after.get(job.job_id, 0.0) > now or self.head.commit.holds(job.job_id):
+            if self._retry_after.get(job.job_id, 0.0) > now or job.job_id in held:
                 continue  # failed lately, or its end is not journaled yet: a later sweep takes it
             if time.monotonic() > until:
                 return  # the next tick goes on (self._next is unchanged)

@@ -137,7 +137,7 @@ def test_a_job_whose_end_is_not_journaled_yet_waits_for_the_group_commit(open_he
     head.commit.merged(job_id, 0, "p1")  # a merged shard the group commit has not journaled yet
     head.api._on_cancel(protocol.CancelJob(job_id=job_id), INSECURE)
     head.jobs[job_id].finished_at = time.time() - 61
-    assert head.commit.holds(job_id)
+    assert job_id in head.commit.held_jobs()
     head.retention.sweep(time.monotonic())
     assert job_id in head.jobs  # the sweep leaves it for later rather than wait for the disk
     head.api._on_delete(protocol.DeleteJob(job_id=job_id), INSECURE)  # a request waits for the commit
