@@ -81,9 +81,11 @@ def test_dashboard_lists_providers_and_shows_a_job_moving(make_cluster, browser)
     names = lambda: browser.execute_script(  # noqa: E731
         "return [...document.querySelectorAll('#providers tbody tr td:first-child')].map(td => td.textContent)")
     assert sorted(wait_until(lambda: len(n := names()) == 2 and n, timeout=20)) == ["local-0", "local-1"]
-    links = browser.execute_script("return [...document.querySelectorAll('#providers tbody tr td:nth-child(4)')]"
-                                   ".map(td => td.textContent)")
-    assert links == ["this machine", "this machine"]  # both read the head's files: nothing to measure
+    links = lambda: browser.execute_script(  # noqa: E731
+        "return [...document.querySelectorAll('#providers tbody tr td:nth-child(4)')].map(td => td.textContent)")
+    # once ready (a joining provider has not proved anything yet), both read the head's files: nothing to measure
+    assert wait_until(lambda: (n := links()) == ["this machine", "this machine"] and n, timeout=20) == [
+        "this machine", "this machine"]
     with cluster.client() as c:
         job = c.submit("noop", {"shards": 40, "sleep": 0.2})
         first = wait_until(lambda: (p := progress_of(browser, job.id)) and 0 < p[0] < p[1] and p, timeout=10)
