@@ -28,4 +28,5 @@ heartbeat_interval = click.option("--heartbeat-interval", type=click.FloatRange(
 link_mbit = click.option("--link-mbit", type=click.FloatRange(0.1, 1e6), default=None, envvar=env("LINK_MBIT"),
                          help="Speed of the network to the peers in Mbit/s (e.g. 1000). With it, 'auto' compresses "
                               "an array only where that pays on such a link. Without it a head measures the link to "
-                              "each provider not on its machine; a provider compresses when a sample shrinks by 30%.")
+                              "each provider not on its machine and tells it the figure; a provider told nothing "
+                              "compresses when a sample shrinks by 30%.")

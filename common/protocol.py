@@ -160,6 +160,7 @@ class HeartbeatReply(Message):
     acked: list[str] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
     forget: list[str] = field(default_factory=list)  # finished jobs: drop their cached arrays
+    link_mbit: float | None = None  # the link's speed the head reckons with for this provider
 
 
 # -- tasks (PUB, topic = provider id) -----------------------------------------

@@ -13,8 +13,9 @@ however the acknowledgements are batched on the way back or wait in the head's q
 that does not say is timed by the acknowledgements' arrival.) The longer of the two gaps counts: a
 shaper that lets a first burst through at full speed (a token bucket) is then read at its rate,
 not its burst's. ``bits per second = PROBE_BYTES * 8 / gap``. What the head then sends that
-provider is encoded for its own link (``Outbox.link_bits``). A probe whose acknowledgement is lost
-leaves the guess in place.
+provider is encoded for its own link (``Outbox.link_bits``), and the heartbeat replies pass the figure
+on (``heartbeat_reply.link_mbit``), so the provider encodes its results for it too. A probe whose
+acknowledgement is lost leaves the guess in place.
 """
 
 from __future__ import annotations

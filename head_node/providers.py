@@ -123,6 +123,15 @@ class ProviderChannel:
             self.head.outbox.link_bits[self.topic(info.provider_id)] = bits
         self.log.info("provider.link", provider_id=info.provider_id, name=info.name, mbit=round(bits / 1e6, 1))
 
+    def link_mbit(self, info: ProviderInfo) -> float | None:
+        """The link's speed the head encodes for, which the provider then encodes its results for: measured,
+        or the operator's ``--link-mbit``; None for a provider on this machine or while unknown."""
+        if info.local:
+            return None
+        if info.link_bits is not None:
+            return round(info.link_bits / 1e6, 3)
+        return self.head.config.link_mbit
+
     def _forget_link(self, provider_id: str) -> None:
         """Its probes and measured speed go (it left, died, or registers afresh: measured again if remote)."""
         self.links.forget(provider_id)
@@ -163,7 +172,7 @@ class ProviderChannel:
         cancel = [k for k in msg.running if k not in held] if info.state != "joining" else []
         acked = [k for k in msg.outbox if self._settled(k)]  # journaled results only: the rest at the next beat
         return protocol.HeartbeatReply(epoch=self.head.epoch, known=True, acked=acked, cancel=cancel,
-                                       forget=self.recently_finished())
+                                       forget=self.recently_finished(), link_mbit=self.link_mbit(info))
 
     def _settled(self, key: str) -> bool:
         try:

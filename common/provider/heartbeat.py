@@ -20,11 +20,12 @@ log = get_logger(__name__)
 class HeartbeatThread(threading.Thread):
     def __init__(self, ctx: zmq.Context, url: str, provider_id: str, book: TaskBook, *,
                  interval: float, timeout: float, on_unknown, on_cancel, stop: threading.Event,
-                 on_forget=lambda job_ids: None,
+                 on_forget=lambda job_ids: None, on_link=lambda mbit: None,
                  limits, curve=None, token=None, draining_fn=lambda: False):
         super().__init__(name="heartbeat", daemon=True)
         self.provider_id, self.book, self.interval = provider_id, book, interval
         self.on_unknown, self.on_cancel, self.on_forget, self.stop_event = on_unknown, on_cancel, on_forget, stop
+        self.on_link = on_link
         self.draining_fn = draining_fn
         self.epoch = ""
         self.channel = ReqChannel(ctx, url, timeout=timeout, retries=0, limits=limits, curve=curve, stop=stop,
@@ -56,6 +57,8 @@ class HeartbeatThread(threading.Thread):
             self.on_cancel(key)
         if reply.forget:
             self.on_forget(reply.forget)
+        if reply.known:
+            self.on_link(reply.link_mbit)
         if not reply.known or reply.epoch != self.epoch:
             log.info("heartbeat.unknown", provider_id=self.provider_id, head_epoch=reply.epoch, our_epoch=self.epoch)
             self.on_unknown(reply.epoch)

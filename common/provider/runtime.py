@@ -158,13 +158,23 @@ class Provider:
                  head=str(self.config.head), gflops=round(self.gflops, 1), local=self.local is not None)
         self.registered.set()
 
+    def _on_link(self, mbit: float | None) -> None:
+        """The head's figure for our link (its probe's reading, or its operator's ``--link-mbit``): our results
+        are encoded for it, unless we were given our own ``--link-mbit`` (a link slower one way)."""
+        if self.config.link_mbit is not None:
+            return
+        if mbit is not None and mbit > 0:
+            self.out.link_bits[None] = mbit * 1e6
+        else:
+            self.out.link_bits.pop(None, None)
+
     def _start_heartbeat(self) -> None:
         t = self.config.timing
         self.heartbeat = HeartbeatThread(
             self.ctx, self.config.head.url("heartbeat"), self.id, self.book,
             interval=self.interval, timeout=max(t.request_timeout, self.interval), on_unknown=self._on_unknown,
-            on_cancel=self.book.cancel, on_forget=self.cache.forget_jobs, stop=self.stop_event,
-            limits=self.config.limits,
+            on_cancel=self.book.cancel, on_forget=self.cache.forget_jobs, on_link=self._on_link,
+            stop=self.stop_event, limits=self.config.limits,
             draining_fn=self.draining.is_set, curve=self.curve, token=self.token)
         self.heartbeat.epoch = self.epoch
         self.heartbeat.start()

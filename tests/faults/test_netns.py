@@ -365,16 +365,22 @@ def test_the_head_measures_a_slow_link_and_compresses_for_it(link, netns_cluster
         remote = wait_until(lambda: (p := _by_name(c, "local-1")) and p.get("link_mbit") and p, timeout=20)
         assert 10 <= remote["link_mbit"] <= 25, remote["link_mbit"]
         assert _by_name(c, "local-0")["link_mbit"] is None  # on the head's machine: nothing to measure
+        # the figure reaches local-1 in its next heartbeat reply: its results are encoded for the link too
+        wait_until(lambda: _by_name(c, "local-1")["last_seen"] > remote["last_seen"], timeout=10)
         noise = np.random.default_rng(3).standard_normal((300, 400)).astype(np.float32)
         before = c.stats()
         job = c.matmul(noise, noise.T, splits=(4, 1))
         np.testing.assert_allclose(job.result(timeout=60), noise @ noise.T, rtol=1e-4, atol=1e-3)
         after = c.stats()
         by_provider = job.status()["shards_by_provider"]
-        raw = after["array_bytes_raw_sent"] - before["array_bytes_raw_sent"]
-        wire = after["array_bytes_wire_sent"] - before["array_bytes_wire_sent"]
+        raw, wire, back_raw, back_wire = (after[k] - before[k] for k in (
+            "array_bytes_raw_sent", "array_bytes_wire_sent", "array_bytes_raw_received", "array_bytes_wire_received"))
         assert by_provider.get("local-1", 0) >= 1, by_provider  # some inputs crossed the slow link
         assert wire < raw, f"nothing was compressed for the 20 Mbit/s link ({wire} of {raw} bytes on the wire)"
+        # local-1's blocks come back over the link compressed (the head also received the client's inputs, raw:
+        # the client knows no link speed, and the guess sends these floats raw; local-0 writes in place)
+        blocks = by_provider["local-1"] * 75 * 300 * 4
+        assert back_raw - back_wire >= 0.05 * blocks, f"local-1 sent its results raw ({back_wire} of {back_raw} bytes)"
         # a provider joining while shards wait for it: the probes go ahead of its first task, and its own
         # clock times them, so the busy start does not skew the reading
         busy = c.matmul(noise, noise.T, splits=(12, 1))
@@ -384,4 +390,4 @@ def test_the_head_measures_a_slow_link_and_compresses_for_it(link, netns_cluster
         busy.result(timeout=120)
     print(f"\nFIGURE link probe: local-1 measured {remote['link_mbit']} Mbit/s behind a 20mbit tbf, local-2 "
           f"(joining during a job) {joined['link_mbit']}; inputs to local-1 {wire / raw:.2f} of their raw size "
-          "on the wire")
+          f"on the wire; {back_raw - back_wire} bytes saved on its {blocks} bytes of results")

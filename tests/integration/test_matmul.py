@@ -9,6 +9,7 @@ import pytest
 
 from user_client import ValidationError
 from common.errors import DecodeError
+from tests.helpers import wait_until
 
 SHAPES = [
     # (m, k, n, splits)
@@ -106,3 +107,28 @@ def test_shards_are_spread_over_both_providers(shared_cluster):
         by_provider = job.status()["shards_by_provider"]
     assert sum(by_provider.values()) == 8
     assert len(by_provider) == 2
+
+
+def test_providers_encode_their_results_for_the_link_the_head_reckons_with(tmp_path):
+    """A head told the network runs at 20 Mbit/s passes that on in its heartbeat replies, so its providers
+    compress result blocks that shrink only to ~0.9 (the codec's guess alone sends those raw)."""
+    from user_client import LocalCluster
+
+    noise = np.random.default_rng(5).standard_normal((300, 400)).astype(np.float32)
+    for link_args, compressed in (([], False), (["--link-mbit", "20"], True)):
+        # --no-local-data: results travel as bytes, as from another machine
+        with LocalCluster(2, insecure=True, data_dir=tmp_path / str(compressed),
+                          head_args=["--no-local-data", *link_args]) as cluster, cluster.client(timeout=30) as c:
+            if link_args:  # every provider has had a heartbeat reply since it became ready
+                seen = {p["name"]: p["last_seen"] for p in c.providers()}
+                wait_until(lambda: all(p["last_seen"] > seen[p["name"]] for p in c.providers()), timeout=10)
+            before = c.stats()
+            np.testing.assert_allclose(c.matmul(noise, noise.T, splits=(4, 1)).result(timeout=60), noise @ noise.T,
+                                       rtol=1e-4, atol=1e-3)
+            after = c.stats()
+        # the head received the inputs from the client (raw: the client was told no link speed), then the blocks
+        inputs = 2 * noise.nbytes
+        raw = after["array_bytes_raw_received"] - before["array_bytes_raw_received"] - inputs
+        wire = after["array_bytes_wire_received"] - before["array_bytes_wire_received"] - inputs
+        assert raw == noise.shape[0] ** 2 * 4  # each result block received once
+        assert (wire < 0.95 * raw) is compressed, (link_args, wire, raw)

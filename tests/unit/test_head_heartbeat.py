@@ -116,6 +116,7 @@ def test_a_remote_provider_s_link_is_measured_once_it_is_ready(head):
     probes = [m for _, m in head.published if isinstance(m, protocol.Probe) and m.probe_id.startswith("link-")]
     assert [m.arrays["pad"].nbytes if m.arrays else 0 for m in probes] == [0, *[linkprobe.PROBE_BYTES] * 2]
     assert head.providers.registry[pid].summary()["link_mbit"] is None
+    assert heartbeat(head, pid).link_mbit is None  # not measured yet: the provider keeps its guess
     # its acknowledgements came back in one batch; its own clock says each big one took 42 ms
     for probe, received in zip(probes, (500.0, 500.042, 500.084)):
         head.providers._on_probe_ack(protocol.ProbeAck(provider_id=pid, probe_id=probe.probe_id, received=received),
@@ -123,10 +124,12 @@ def test_a_remote_provider_s_link_is_measured_once_it_is_ready(head):
     info = head.providers.registry[pid]
     assert info.summary()["link_mbit"] == pytest.approx(99.9, abs=0.1)  # 512 KiB / 42 ms
     assert head.outbox.link_bits == {head.providers.topic(pid): info.link_bits} and info.state == "ready"
+    assert heartbeat(head, pid).link_mbit == pytest.approx(99.9, abs=0.1)  # its results are encoded for it too
     head.providers._on_register(protocol.Register(  # registers afresh: measured again once ready
         provider_id=pid, name="p", platform="linux", devices=[{"kind": "cpu", "name": "cpu", "memory_bytes": 0}],
         memory_bytes=0, cores=1, slots=1, gflops=1.0, torch=False, task_types=["noop"], version="test"), INSECURE)
     assert head.outbox.link_bits == {} and not head.providers.links.owns(pid, probes[0].probe_id)
+    assert heartbeat(head, pid).link_mbit is None
     head.outbox.link_bits[head.providers.topic(pid)] = 1e9
     head.providers.mark_dead(pid)
     assert head.outbox.link_bits == {}  # its figure goes with it
@@ -154,8 +157,11 @@ def test_no_link_probe_when_the_operator_gave_the_link_speed(tmp_path):
     node.published = []
     node.publish = lambda provider_id, msg: node.published.append((provider_id, msg))
     try:
-        ready_provider(node)
+        pid = ready_provider(node)
         assert not [m for _, m in node.published if isinstance(m, protocol.Probe) and m.probe_id.startswith("link-")]
+        assert heartbeat(node, pid).link_mbit == 100.0  # the operator's figure goes to the provider too
+        node.providers.registry[pid].local = True
+        assert heartbeat(node, pid).link_mbit is None  # on the head's machine: its results go by file
     finally:
         node.close()
         codec.set_link_speed(None)  # the head set it for the whole process
