@@ -9,9 +9,9 @@ in the head's task socket pattern (PUB -> SUB, one topic per provider):
   pyzmq     raw pyzmq, the array's bytes as one frame or in 1 MiB frames, sent and received zero-copy;
             the receiver holds the frames, not one array (``1MiB+join``: it also copies them into one
             numpy array, what a raw pyzmq user must do to get an ndarray out of 1 MiB frames)
-  zcompute  the head's ``common.sockets.send`` of a ``Task`` carrying the array (``protocol.encode``,
+  zcompute  the head's ``common.sockets.send`` of a ``Task`` carrying the array (``wire.encode``,
             the codec) on a PUB from ``make_socket``, and the provider runtime's receive:
-            ``recv_frames``, the topic check, ``protocol.decode``. Codec policies: ``raw``, ``zstd``,
+            ``recv_frames``, the topic check, ``wire.decode``. Codec policies: ``raw``, ``zstd``,
             ``auto`` (the sample-ratio threshold, today's default) and ``auto+link`` (``auto`` told
             the link's speed with ``codec.set_link_speed``: the tc rate, or on loopback the best raw
             pyzmq rate seen so far), ``auto+probe`` (``auto`` with the speed the head's own link probe
@@ -184,7 +184,7 @@ def _on_raw(sock, ack) -> bytes | None:
 
 def _on_zcompute(sock, ack) -> bytes | None:
     """The provider runtime's ``_drain_sub`` for one message, then the acknowledgement."""
-    from common import protocol
+    from common import protocol, wire
     from common.sockets import recv_frames
 
     frames = recv_frames(sock)
@@ -193,7 +193,7 @@ def _on_zcompute(sock, ack) -> bytes | None:
         return b"zc"
     if frames[0].bytes != ZC_TOPIC.encode():
         return None
-    msg = protocol.decode(frames, topic=True)
+    msg = wire.decode(frames, topic=True)
     if isinstance(msg, protocol.Probe):  # the head's link probe: acknowledged as the provider runtime does
         ack.send_multipart([b"probe_ack", struct.pack("d", time.monotonic()) + msg.probe_id.encode()])
         return None

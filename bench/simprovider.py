@@ -38,7 +38,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import protocol  # noqa: E402
+from common import protocol, wire  # noqa: E402
 from common.config import HeadAddress  # noqa: E402
 from common.errors import DecodeError, TransportError  # noqa: E402
 from common.protocol import MsgType  # noqa: E402
@@ -359,8 +359,8 @@ class Fleet:
             if role == "sub" and frames[0].bytes != p.topic:
                 continue  # SUB matches by prefix: not ours
             try:
-                msg = protocol.decode(frames, topic=role == "sub")
-                msgs = protocol.unbatch(msg) if msg.type is MsgType.BATCH else [msg]
+                msg = wire.decode(frames, topic=role == "sub")
+                msgs = wire.unbatch(msg) if msg.type is MsgType.BATCH else [msg]
             except DecodeError:
                 self.stats["decode_errors"] += 1
                 continue

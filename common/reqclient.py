@@ -10,7 +10,7 @@ import threading
 
 import zmq
 
-from common import protocol
+from common import protocol, wire
 from common.codec import DEFAULT_LIMITS, Limits
 from common.errors import DecodeError, HeadUnreachable, request_error
 from common.logs import get_logger
@@ -54,7 +54,7 @@ class ReqChannel:
             send(sock, msg, compression=self.compression)
             if sock.poll(timeout * 1000, zmq.POLLIN):
                 try:
-                    reply = protocol.decode(recv_frames(sock), limits=self.limits)
+                    reply = wire.decode(recv_frames(sock), limits=self.limits)
                 except DecodeError:
                     self._reset()
                     raise

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import zmq
 
-from common import protocol
+from common import protocol, wire
 from common.codec import DEFAULT_LIMITS, Limits
 from common.errors import TransportError
 from common.faults import FAULTS
@@ -72,7 +72,7 @@ def send(sock: zmq.Socket, msg: protocol.Message, *, envelope: list[bytes] | Non
          topic: str | None = None, compression: str = "auto", flags: int = 0, faults: bool = True,
          link_bits: float | None = None) -> int:
     """Send ``msg``; return the bytes put on the wire (0 when a test fault dropped it)."""
-    frames = protocol.encode(msg, topic=topic, compression=compression, link_bits=link_bits)
+    frames = wire.encode(msg, topic=topic, compression=compression, link_bits=link_bits)
     if envelope:
         frames = [*envelope, *frames]
     copies = FAULTS.copies(msg.type.value) if faults and FAULTS.active else 1
@@ -107,11 +107,11 @@ class Outbox:
 
     def put(self, msg: protocol.Message, topic: str | None = None) -> int:
         """Hold ``msg`` (or send it now if it is large); return the bytes sent by this call."""
-        if not protocol.batchable(msg):
+        if not wire.batchable(msg):
             return self._flush_topic(topic) + self._send(topic, msg, faults=True)
         sent = 0
         held = self._held.setdefault(topic, [])
-        if len(held) >= protocol.BATCH_MAX_ITEMS or \
+        if len(held) >= wire.BATCH_MAX_ITEMS or \
                 self._arrays.get(topic, 0) + len(msg.arrays) > self.limits.max_arrays:
             sent += self._flush_topic(topic)
             held = self._held.setdefault(topic, [])
@@ -131,7 +131,7 @@ class Outbox:
         if len(msgs) == 1:  # held messages had their faults applied when put
             return self._send(topic, msgs[0], faults=False)
         self.batches += 1
-        return self._send(topic, protocol.batch(msgs), faults=False)
+        return self._send(topic, wire.batch(msgs), faults=False)
 
     def _send(self, topic: str | None, msg: protocol.Message, faults: bool) -> int:
         try:

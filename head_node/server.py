@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import zmq
 
-from common import codec, localdata, protocol
+from common import codec, localdata, protocol, wire
 from common.config import HeadConfig
 from common.errors import AuthError, DecodeError, RequestError, TransportError
 from common.logs import get_logger
@@ -302,7 +302,7 @@ class HeadNode(JobActions):
         reply: protocol.Message
         msg = None
         try:
-            msg = protocol.decode(body, limits=self.config.limits)
+            msg = wire.decode(body, limits=self.config.limits)
             # the received frames go now: a large upload is not held twice while its handler runs
             frames = body = None  # noqa: F841
             handler = handlers.get(msg.type)
@@ -341,11 +341,11 @@ class HeadNode(JobActions):
         self.counters["bytes_received"] += frames_bytes(frames)
         uid = user_id(frames[0]) if not self.config.insecure else None
         try:
-            msg = protocol.decode(frames, limits=self.config.limits)
+            msg = wire.decode(frames, limits=self.config.limits)
             frames = None  # a large result is not held twice while it is merged
             msgs = [msg]
             if msg.type is MsgType.BATCH:
-                msgs = protocol.unbatch(msg)
+                msgs = wire.unbatch(msg)
                 self.counters["batches_received"] += 1
             handlers = self.providers.result_handlers
             for m in msgs:  # a batch is taken whole or not at all

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zmq
 
-from common import __version__, codec, localdata, protocol
+from common import __version__, codec, localdata, protocol, wire
 from common.config import ProviderConfig
 from common.errors import DecodeError, ZComputeError
 from common.faults import FAULTS
@@ -244,8 +244,8 @@ class Provider:
             if frames[0].bytes != self.topic:
                 continue  # SUB matches by prefix: not ours
             try:
-                msg = protocol.decode(frames, topic=True, limits=self.config.limits)
-                msgs = protocol.unbatch(msg) if msg.type is MsgType.BATCH else [msg]
+                msg = wire.decode(frames, topic=True, limits=self.config.limits)
+                msgs = wire.unbatch(msg) if msg.type is MsgType.BATCH else [msg]
             except DecodeError as e:
                 log.warning("message.rejected", provider_id=self.id, error=str(e))
                 continue

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
-from common import protocol
+from common import protocol, wire
 from common.errors import HeadUnreachable
 from common.reqclient import ReqChannel
 from tests.helpers import wait_until
@@ -80,7 +80,7 @@ def test_a_head_that_never_replies_does_not_wedge_the_requester():
         channel.close()
         wait_until(lambda: len(received) == 3, timeout=2)
         # every resend carries the same request id, so a head could answer it idempotently
-        ids = {protocol.decode(frames[2:]).id for frames in received}
+        ids = {wire.decode(frames[2:]).id for frames in received}
         assert ids == {msg.id}
     finally:
         stop.set()

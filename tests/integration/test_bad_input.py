@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
-from common import protocol
+from common import protocol, wire
 
 
 def raw_request(url: str, frames: list[bytes], timeout_ms: int = 5000) -> protocol.Message:
@@ -18,7 +18,7 @@ def raw_request(url: str, frames: list[bytes], timeout_ms: int = 5000) -> protoc
     try:
         sock.send_multipart(frames)
         assert sock.poll(timeout_ms), "the head did not answer"
-        return protocol.decode(sock.recv_multipart())
+        return wire.decode(sock.recv_multipart())
     finally:
         sock.close()
 
@@ -65,14 +65,14 @@ def test_api_socket_answers_bad_frames_with_a_clear_error(shared_cluster, case):
 def test_provider_sockets_answer_garbage_with_an_error(shared_cluster, role):
     reply = raw_request(shared_cluster.address.url(role), [b"garbage"])
     assert isinstance(reply, protocol.Error) and reply.code == "bad_message"
-    reply = raw_request(shared_cluster.address.url(role), protocol.encode(protocol.ListJobs()))
+    reply = raw_request(shared_cluster.address.url(role), wire.encode(protocol.ListJobs()))
     assert isinstance(reply, protocol.Error) and "not accepted on this socket" in reply.message
 
 
 def test_registration_with_bad_values_is_refused(shared_cluster):
     msg = protocol.Register(provider_id="p" * 100, name="x", platform="linux", devices=[], memory_bytes=0, cores=1,
                             slots=0, gflops=1.0, torch=False, task_types=["matmul"], version="0")
-    reply = raw_request(shared_cluster.address.url("registration"), protocol.encode(msg))
+    reply = raw_request(shared_cluster.address.url("registration"), wire.encode(msg))
     assert isinstance(reply, protocol.Error) and "registration refused" in reply.message
     with shared_cluster.client() as c:
         assert len(c.providers()) == 2
@@ -90,7 +90,7 @@ def test_garbage_and_forged_results_on_the_results_socket_change_nothing(shared_
         # a result for a shard nobody leased to this (unknown) provider
         forged = protocol.Result(provider_id="intruder", task_id=f"{job.id}.0", attempt=0, elapsed=0.0,
                                  arrays={"data": np.zeros(3, np.uint8)})
-        push.send_multipart(protocol.encode(forged))
+        push.send_multipart(wire.encode(forged))
         assert job.wait(timeout=30)["status"] == "succeeded"
         assert job.status()["shards_by_provider"].keys() <= {"local-0", "local-1"}
         assert len(c.providers()) == 2
@@ -99,5 +99,5 @@ def test_garbage_and_forged_results_on_the_results_socket_change_nothing(shared_
 
 def test_unknown_heartbeat_is_told_to_register_again(shared_cluster):
     msg = protocol.Heartbeat(provider_id="stranger", epoch="old", running=[], outbox=[], free_slots=1)
-    reply = raw_request(shared_cluster.address.url("heartbeat"), protocol.encode(msg))
+    reply = raw_request(shared_cluster.address.url("heartbeat"), wire.encode(msg))
     assert isinstance(reply, protocol.HeartbeatReply) and reply.known is False

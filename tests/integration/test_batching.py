@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
-from common import protocol
+from common import protocol, wire
 from tests.helpers import wait_until
 
 
@@ -36,8 +36,8 @@ def test_a_batch_with_one_bad_item_is_refused_whole(shared_cluster):
         rejected = c.stats()["rejected_bad_result"]
         good = protocol.Accepted(provider_id="intruder", task_id=f"{job.id}.0", attempt=0)
         not_for_this_socket = protocol.Submit(task_type="noop", params={})
-        push.send_multipart(protocol.encode(protocol.batch([good, not_for_this_socket])))
-        bad_frames = protocol.encode(protocol.batch([good, good]))
+        push.send_multipart(wire.encode(wire.batch([good, not_for_this_socket])))
+        bad_frames = wire.encode(wire.batch([good, good]))
         bad_frames[0] = bad_frames[0].replace(b"accepted", b"acceptex", 1)  # an unknown type in item 0
         push.send_multipart(bad_frames)
         wait_until(lambda: c.stats()["rejected_bad_result"] >= rejected + 2, timeout=10)
@@ -52,7 +52,7 @@ def test_a_forged_batch_of_results_changes_nothing(shared_cluster):
         job = c.submit("noop", {"shards": 2, "sleep": 0.3})
         forged = [protocol.Result(provider_id="intruder", task_id=f"{job.id}.{i}", attempt=0, elapsed=0.0,
                                   arrays={"data": np.zeros(3, np.uint8)}) for i in range(2)]
-        push.send_multipart(protocol.encode(protocol.batch(forged)))
+        push.send_multipart(wire.encode(wire.batch(forged)))
         assert job.wait(timeout=30)["status"] == "succeeded"
         assert job.status()["shards_by_provider"].keys() <= {"local-0", "local-1"}
     push.close()

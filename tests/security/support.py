@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import zmq
 
-from common import protocol
+from common import protocol, wire
 from common.reqclient import ReqChannel
 from common.security import Join
 from user_client import Client, LocalCluster
@@ -130,13 +130,13 @@ class RawPeer:
         if isinstance(frames, protocol.Message):
             if frames.token is None and join is not None:
                 frames.token = join.token
-            frames = protocol.encode(frames)
+            frames = wire.encode(frames)
         sock = self.socket(zmq.REQ, role, join)
         try:
             sock.send_multipart(frames)
             if not sock.poll(timeout * 1000):
                 return None
-            return protocol.decode(sock.recv_multipart())
+            return wire.decode(sock.recv_multipart())
         finally:
             self.close_socket(sock)
 
@@ -155,7 +155,7 @@ class RawPeer:
             if isinstance(msg, protocol.Message):
                 if msg.token is None and join is not None:
                     msg.token = join.token
-                msg = protocol.encode(msg)
+                msg = wire.encode(msg)
             sock.send_multipart(msg)
         return sock
 

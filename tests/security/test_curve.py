@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zmq
 
-from common import protocol
+from common import protocol, wire
 from common.errors import HeadUnreachable
 from common.security import new_keypair
 from tests.helpers import wait_until
@@ -51,8 +51,8 @@ def _try_every_socket(raw, join, *, roles=INBOUND, curve_keys=None, server_key=N
     for role in roles:
         kind = zmq.PUSH if role == "results" else zmq.REQ
         sock = raw.socket(kind, role, join, curve_keys=curve_keys, server_key=server_key)
-        sock.send_multipart(protocol.encode(_message_for(role, join)))
-        replies.append(protocol.decode(sock.recv_multipart()) if kind == zmq.REQ and sock.poll(500) else None)
+        sock.send_multipart(wire.encode(_message_for(role, join)))
+        replies.append(wire.decode(sock.recv_multipart()) if kind == zmq.REQ and sock.poll(500) else None)
     return replies
 
 

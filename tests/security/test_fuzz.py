@@ -5,7 +5,7 @@ At least ``EXAMPLES`` frames go to EACH of the head's four inbound sockets
 (admitted CURVE keys of the right role; tokens inside the valid messages that
 get mutated) over DEALER sockets (one reply per frame, no waiting per request)
 and a PUSH socket. Frames are either random bytes or valid encoded messages
-(``protocol.encode``) with bytes flipped, overwritten or inserted, headers
+(``wire.encode``) with bytes flipped, overwritten or inserted, headers
 truncated, frames added, dropped or duplicated.
 
 Afterwards: the head is up, every job that ran meanwhile equals numpy's
@@ -30,7 +30,7 @@ import zmq
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from common import protocol
+from common import protocol, wire
 from common.errors import DecodeError
 from tests.security.support import delta, invite, register_msg
 
@@ -133,7 +133,7 @@ def _with_odd_field(frames: list[bytes], which: int, value_index: int) -> list[b
 
 
 def _frames(msg: protocol.Message, compression: str = "raw") -> list[bytes]:
-    return [bytes(f) for f in protocol.encode(msg, compression=compression)]
+    return [bytes(f) for f in wire.encode(msg, compression=compression)]
 
 
 def _bases(job_id: str, own_id: str, victim_id: str, epoch: str, prov, cli) -> dict[str, list[list[bytes]]]:
@@ -239,7 +239,7 @@ def test_fuzz_every_inbound_socket_while_jobs_run(cluster, admin, raw):
     def drain(role: str, wait_ms: int = 0) -> None:
         sock = socks[role]
         while sock.poll(wait_ms):
-            reply = protocol.decode(sock.recv_multipart()[1:])  # after the empty delimiter
+            reply = wire.decode(sock.recv_multipart()[1:])  # after the empty delimiter
             replies[role] += 1
             if isinstance(reply, protocol.Error):
                 errors[role] += 1
@@ -266,7 +266,7 @@ def test_fuzz_every_inbound_socket_while_jobs_run(cluster, admin, raw):
                 base = bases[role][index % len(bases[role])]
                 frames = _mutate(base, target, ops)
             try:
-                protocol.decode(frames)
+                wire.decode(frames)
             except DecodeError:
                 undecodable[role] += 1
             if role == "results":

@@ -19,7 +19,7 @@ import zmq
 import zstandard
 from zmq.utils.monitor import recv_monitor_message
 
-from common import protocol
+from common import protocol, wire
 from common.errors import HeadUnreachable, RequestError, ValidationError
 from tests.security.support import (
     RawPeer, client, delta, invite, jobs_snapshot, peak_rss_mb, register_msg, secured_cluster, wait_counted,
@@ -231,7 +231,7 @@ def _oversized_result(cluster: LocalCluster) -> None:
         push = raw.socket(zmq.PUSH, "results", join)
         monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         try:  # a header, then one 2 MiB frame
-            push.send_multipart([bytes(protocol.encode(protocol.Result(
+            push.send_multipart([bytes(wire.encode(protocol.Result(
                 provider_id="0" * 32, task_id="x.0", attempt=0, elapsed=0.0, token=join.token))[0]), payload])
             assert monitor.poll(10_000), "the head never dropped the connection of the oversized message"
             assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from common import codec, protocol
+from common import codec, protocol, wire
 from common.config import HeadConfig
 from head_node.auth import INSECURE
 from head_node.events import Republish, Tick
@@ -83,7 +83,7 @@ def test_long_listings_come_a_page_at_a_time(head, count):
     seen, offset, pages = [], 0, 0
     while offset is not None:
         reply = list_providers(protocol.ListProviders(offset=offset), INSECURE)
-        frames = protocol.encode(reply)
+        frames = wire.encode(reply)
         assert len(bytes(frames[0])) < head.config.limits.max_header_bytes  # each page fits in a reply
         seen += [p["provider_id"] for p in reply.providers]
         offset, pages = reply.next_offset, pages + 1

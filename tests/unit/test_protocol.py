@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from common import codec, protocol
+from common import codec, protocol, wire
 from common.codec import Limits
 from common.errors import DecodeError, ProtocolError
 from common.protocol import MESSAGES, MsgType
@@ -107,37 +107,37 @@ def test_round_trip(mtype, data):
     compression = data.draw(st.sampled_from(["auto", "raw", "zstd"]))
     topic = data.draw(st.none() | st.text(alphabet="0123456789abcdef", min_size=1, max_size=32))
 
-    frames = protocol.encode(msg, topic=topic, compression=compression)
+    frames = wire.encode(msg, topic=topic, compression=compression)
     assert len(frames) == len(msg.arrays) + 1 + (topic is not None)
     if topic is not None:
         assert frames[0] == topic.encode()
 
-    got = protocol.decode(frames, topic=topic is not None)
+    got = wire.decode(frames, topic=topic is not None)
     _assert_same(got, msg)
     # as received from zmq with copy=True: every frame is bytes
-    _assert_same(protocol.decode([bytes(f) for f in frames], topic=topic is not None), msg)
+    _assert_same(wire.decode([bytes(f) for f in frames], topic=topic is not None), msg)
 
 
 @pytest.mark.parametrize("compression", ["raw", "zstd"])
 def test_large_array_round_trip(compression):
     a = np.arange(200_000, dtype=np.float64).reshape(400, 500)
-    frames = protocol.encode(protocol.Result(provider_id="p", task_id="j.0", attempt=1, elapsed=0.5,
+    frames = wire.encode(protocol.Result(provider_id="p", task_id="j.0", attempt=1, elapsed=0.5,
                                              arrays={"c": a}), compression=compression)
     meta = msgpack.unpackb(frames[0])["arrays"][0]
     assert meta["codec"] == compression
     assert meta["shape"] == [400, 500] and meta["nbytes"] == a.nbytes
     if compression == "zstd":
         assert len(frames[1]) < a.nbytes / 2
-    np.testing.assert_array_equal(protocol.decode(frames).arrays["c"], a)
+    np.testing.assert_array_equal(wire.decode(frames).arrays["c"], a)
 
 
 def test_auto_compresses_integer_valued_data_only():
     ints = np.arange(100_000, dtype=np.float32) % 100
     noise = np.random.default_rng(1).standard_normal(100_000).astype(np.float32)
-    frames = protocol.encode(protocol.Ok(arrays={"ints": ints, "noise": noise}))
+    frames = wire.encode(protocol.Ok(arrays={"ints": ints, "noise": noise}))
     codecs = {m["name"]: m["codec"] for m in msgpack.unpackb(frames[0])["arrays"]}
     assert codecs == {"ints": "zstd", "noise": "raw"}
-    got = protocol.decode(frames).arrays
+    got = wire.decode(frames).arrays
     _same_array(got["ints"], ints)
     _same_array(got["noise"], noise)
 
@@ -145,7 +145,7 @@ def test_auto_compresses_integer_valued_data_only():
 def test_non_contiguous_and_big_endian_arrays_travel():
     base = np.arange(60, dtype=np.int32).reshape(6, 10)
     big = np.arange(5, dtype=">f8")
-    got = protocol.decode(protocol.encode(protocol.Ok(arrays={"t": base.T, "s": base[::2, 1::3], "big": big}))).arrays
+    got = wire.decode(wire.encode(protocol.Ok(arrays={"t": base.T, "s": base[::2, 1::3], "big": big}))).arrays
     np.testing.assert_array_equal(got["t"], base.T)
     np.testing.assert_array_equal(got["s"], base[::2, 1::3])
     assert got["big"].dtype == np.dtype("<f8")
@@ -154,21 +154,21 @@ def test_non_contiguous_and_big_endian_arrays_travel():
 
 @pytest.mark.parametrize("compression", ["raw", "zstd"])
 def test_zero_d_array_keeps_its_shape(compression):
-    got = protocol.decode(protocol.encode(protocol.Ok(arrays={"x": np.array(3.5)}), compression=compression))
+    got = wire.decode(wire.encode(protocol.Ok(arrays={"x": np.array(3.5)}), compression=compression))
     assert got.arrays["x"].shape == ()
     assert got.arrays["x"][()] == 3.5
 
 
 def test_encode_refuses_object_and_string_arrays():
     with pytest.raises(DecodeError, match="cannot travel"):
-        protocol.encode(protocol.Ok(arrays={"o": np.array([object()], dtype=object)}))
+        wire.encode(protocol.Ok(arrays={"o": np.array([object()], dtype=object)}))
     with pytest.raises(DecodeError, match="cannot travel"):
-        protocol.encode(protocol.Ok(arrays={"s": np.array(["a", "b"])}))
+        wire.encode(protocol.Ok(arrays={"s": np.array(["a", "b"])}))
 
 
 def test_defaults_fill_optional_fields():
     header = _header(type="deregister", body={"provider_id": "p"})
-    msg = protocol.decode([_pack(header)])
+    msg = wire.decode([_pack(header)])
     assert msg == protocol.Deregister(id="m1", provider_id="p", reason="")
 
 
@@ -180,7 +180,7 @@ def test_decode_error_is_a_protocol_error():
 
 
 def _header(**over) -> dict:
-    header = {"v": protocol.VERSION, "type": "cancel_task", "id": "m1", "token": None,
+    header = {"v": wire.VERSION, "type": "cancel_task", "id": "m1", "token": None,
               "body": {"task_id": "j.0", "attempt": 1}, "arrays": []}
     header.update(over)
     return header
@@ -198,12 +198,12 @@ def _meta(**over) -> dict:
 
 def _reject(frames, match, **kw):
     with pytest.raises(DecodeError, match=match):
-        protocol.decode(frames, **kw)
+        wire.decode(frames, **kw)
 
 
 def test_valid_reference_header_decodes():
     # the rejections below each break one thing in this message
-    msg = protocol.decode([_pack(_header(arrays=[_meta()])), bytes(48)])
+    msg = wire.decode([_pack(_header(arrays=[_meta()])), bytes(48)])
     assert msg == protocol.CancelTask(id="m1", task_id="j.0", attempt=1)
     assert msg.arrays["a"].shape == (2, 3)
 
@@ -276,7 +276,7 @@ def test_rejects_wrong_field_type(mtype, body, name):
 
 def test_int_is_accepted_where_float_is_expected():
     body = {"provider_id": "p", "task_id": "t", "attempt": 0, "fraction": 1}
-    assert protocol.decode([_pack(_header(type="progress", body=body))]).fraction == 1
+    assert wire.decode([_pack(_header(type="progress", body=body))]).fraction == 1
 
 
 @pytest.mark.parametrize(("over", "match"), [
@@ -307,7 +307,7 @@ def test_rejects_body_nested_too_deep():
     ok = 1
     for _ in range(6):
         ok = [ok]
-    assert protocol.decode([_pack(_header(type="submit", body={"task_type": "noop", "params": {"x": ok}}))])
+    assert wire.decode([_pack(_header(type="submit", body={"task_type": "noop", "params": {"x": ok}}))])
 
 
 @pytest.mark.parametrize(("n_metas", "n_frames"), [(1, 0), (0, 1), (2, 1), (1, 2)])
@@ -421,7 +421,7 @@ def test_rejects_corrupt_zstd_frame_with_right_declared_size():
     truncated = good[: len(good) // 2 + 1]
     for frame in (corrupt, truncated):
         with pytest.raises(DecodeError, match="array 'a': "):
-            protocol.decode([_pack(_header(arrays=[_meta(codec="zstd")])), frame])
+            wire.decode([_pack(_header(arrays=[_meta(codec="zstd")])), frame])
 
 
 def test_rejects_zstd_frame_expanding_beyond_the_message_limit(monkeypatch):
@@ -438,7 +438,7 @@ def test_rejects_message_over_max_message_bytes():
     total = len(frames[0]) + 48
     _reject(frames, f"message of {total} bytes exceeds the limit of {total - 1}",
             limits=Limits(max_message_bytes=total - 1))
-    assert protocol.decode(frames, limits=Limits(max_message_bytes=total)).arrays["a"].shape == (2, 3)
+    assert wire.decode(frames, limits=Limits(max_message_bytes=total)).arrays["a"].shape == (2, 3)
 
 
 def test_message_limit_counts_memoryview_frames():
@@ -463,9 +463,9 @@ def _small_messages() -> list[protocol.Message]:
 @pytest.mark.parametrize("topic", [None, "p1"])
 def test_batch_round_trip_keeps_order_arrays_and_token(topic):
     msgs = _small_messages()
-    got = protocol.decode(protocol.encode(protocol.batch(msgs), topic=topic), topic=topic is not None)
+    got = wire.decode(wire.encode(wire.batch(msgs), topic=topic), topic=topic is not None)
     assert got.type is MsgType.BATCH
-    inner = protocol.unbatch(got)
+    inner = wire.unbatch(got)
     assert [m.id for m in inner] == [m.id for m in msgs]
     for g, w in zip(inner, msgs):
         _assert_same(g, w)
@@ -473,15 +473,15 @@ def test_batch_round_trip_keeps_order_arrays_and_token(topic):
 
 
 def test_batchable_is_for_small_messages_only():
-    assert protocol.batchable(protocol.Accepted(provider_id="p", task_id="j.0", attempt=1))
+    assert wire.batchable(protocol.Accepted(provider_id="p", task_id="j.0", attempt=1))
     big = protocol.Result(provider_id="p", task_id="j.0", attempt=1, elapsed=0.0,
-                          arrays={"c": np.zeros(protocol.BATCH_MAX_ITEM_BYTES + 1, np.uint8)})
-    assert not protocol.batchable(big)
-    assert not protocol.batchable(protocol.batch([]))
+                          arrays={"c": np.zeros(wire.BATCH_MAX_ITEM_BYTES + 1, np.uint8)})
+    assert not wire.batchable(big)
+    assert not wire.batchable(wire.batch([]))
 
 
 def _batch_frames(items, arrays=None, metas=None) -> list:
-    frames = protocol.encode(protocol.Batch(items=[], arrays=arrays or {}))
+    frames = wire.encode(protocol.Batch(items=[], arrays=arrays or {}))
     header = msgpack.unpackb(frames[0])
     header["body"]["items"] = items
     if metas is not None:
@@ -502,18 +502,18 @@ _GOOD_ITEM = {"type": "accepted", "id": "m1", "body": {"provider_id": "p", "task
     ([{**_GOOD_ITEM, "body": {**_GOOD_ITEM["body"], "attempt": "1"}}], "wrong type"),
     ([{"type": "result", "id": "m1", "body": {"provider_id": "p", "task_id": "j", "attempt": 1, "elapsed": 0.0,
                                                "meta": {"a": [[[[[[[[[1]]]]]]]]]}}}], "nested deeper"),
-    ([_GOOD_ITEM] * (protocol.BATCH_MAX_ITEMS + 1), "over the limit"),
+    ([_GOOD_ITEM] * (wire.BATCH_MAX_ITEMS + 1), "over the limit"),
 ])
 def test_unbatch_refuses_the_whole_batch_for_one_bad_item(items, match):
     with pytest.raises(DecodeError, match=match):
-        protocol.unbatch(protocol.decode(_batch_frames(items)))
+        wire.unbatch(wire.decode(_batch_frames(items)))
 
 
 def test_unbatch_refuses_arrays_that_name_no_item():
     for name in ("data", "1/data", "x/data"):
-        batch = protocol.decode(protocol.encode(protocol.Batch(items=[_GOOD_ITEM], arrays={name: np.zeros(2)})))
+        batch = wire.decode(wire.encode(protocol.Batch(items=[_GOOD_ITEM], arrays={name: np.zeros(2)})))
         with pytest.raises(DecodeError, match="names no item"):
-            protocol.unbatch(batch)
+            wire.unbatch(batch)
 
 
 def test_fields_at_their_default_stay_out_of_the_body_and_come_back_on_decode():
@@ -522,14 +522,14 @@ def test_fields_at_their_default_stay_out_of_the_body_and_come_back_on_decode():
     from common import protocol as p
 
     fetch = p.Fetch(job_id="j1")  # wait and local at their defaults: what a head from before them accepts
-    header = msgpack.unpackb(p.encode(fetch)[0], raw=False)
+    header = msgpack.unpackb(wire.encode(fetch)[0], raw=False)
     assert header["body"] == {"job_id": "j1"}
-    back = p.decode(p.encode(fetch))
+    back = wire.decode(wire.encode(fetch))
     assert (back.job_id, back.wait, back.local) == ("j1", 0.0, False)
-    held = p.decode(p.encode(p.Fetch(job_id="j1", wait=2.5)))
+    held = wire.decode(wire.encode(p.Fetch(job_id="j1", wait=2.5)))
     assert held.wait == 2.5
     # a full body, as every encoder wrote before, still decodes
     full = msgpack.packb({**header, "body": {"job_id": "j1", "wait": 0.0, "local": False}}, use_bin_type=True)
-    assert p.decode([full]).job_id == "j1"
-    ack = msgpack.unpackb(p.encode(p.ProbeAck(provider_id="p" * 32, probe_id="x"))[0], raw=False)
+    assert wire.decode([full]).job_id == "j1"
+    ack = msgpack.unpackb(wire.encode(p.ProbeAck(provider_id="p" * 32, probe_id="x"))[0], raw=False)
     assert ack["body"] == {"provider_id": "p" * 32, "probe_id": "x"}
