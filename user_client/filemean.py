@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Iterable, Literal, Union
 import numpy as np
 
 from common.errors import TaskError, ValidationError
-from common.tasks.filemean import FileMeanTask, encode_names, read_numbers
+from common.tasks.filemean import FileMeanTask, encode_names
+from common.tasks.numberfiles import read_numbers
 
 if TYPE_CHECKING:
     from user_client.client import Client, JobHandle

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from common.errors import TaskError, ValidationError
-from common.tasks.filemean import MAX_OPEN, FileMeanTask, encode_names, read_numbers, sum_files, tree_sizes
+from common.tasks.filemean import FileMeanTask, encode_names, tree_sizes
+from common.tasks.numberfiles import MAX_OPEN, read_numbers, sum_files
 from user_client.filemean import expand_inputs, upload_arrays
 
 
