@@ -85,11 +85,25 @@ class ProviderChannel:
         return info.topic if info is not None and info.topic else provider_id
 
     def send_probes(self) -> None:
+        """Readiness probes to joining providers, every ``probe_interval``; link probes again where some were
+        not acknowledged (head_node/linkprobe.py)."""
         now = time.monotonic()
         for info in self.registry.values():
             if info.state == "joining" and now >= info.probe_next:
                 info.probe_next = now + self.head.config.timing.probe_interval
                 self.head.publish(info.provider_id, protocol.Probe(probe_id=info.probe_id))
+        again, given_up = self.links.overdue(now)
+        for provider_id in again:
+            info = self.registry.get(provider_id)
+            if info is None or info.state not in ("ready", "draining"):
+                self.links.forget(provider_id)
+                continue
+            self.log.info("provider.link_probe_again", provider_id=provider_id, name=info.name)
+            for probe in self.links.start(provider_id, now):
+                self.head.publish(provider_id, probe)
+        for provider_id in given_up:
+            self.log.warning("provider.link_unmeasured", provider_id=provider_id,
+                             reason="its link probes were not acknowledged; its messages are encoded by the guess")
 
     def _on_probe_ack(self, msg: protocol.ProbeAck, principal: "Principal") -> None:
         info = self._owned(msg.provider_id, principal)

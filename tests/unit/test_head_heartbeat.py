@@ -125,6 +125,14 @@ def test_a_remote_provider_s_link_is_measured_once_it_is_ready(head):
     assert info.summary()["link_mbit"] == pytest.approx(99.9, abs=0.1)  # 512 KiB / 42 ms
     assert head.outbox.link_bits == {head.providers.topic(pid): info.link_bits} and info.state == "ready"
     assert heartbeat(head, pid).link_mbit == pytest.approx(99.9, abs=0.1)  # its results are encoded for it too
+    # probes not all acknowledged (one dropped at the high-water mark) go out again after a while
+    head.published.clear()
+    retry = head.providers.links.start(pid)
+    head.providers.links._pending[pid].sent -= linkprobe.RETRY_AFTER
+    head.providers.send_probes()
+    again = [m for _, m in head.published if isinstance(m, protocol.Probe) and m.probe_id.startswith("link-")]
+    assert len(again) == 3 and not {m.probe_id for m in again} & {m.probe_id for m in retry}
+    head.providers.links.forget(pid)
     head.providers._on_register(protocol.Register(  # registers afresh: measured again once ready
         provider_id=pid, name="p", platform="linux", devices=[{"kind": "cpu", "name": "cpu", "memory_bytes": 0}],
         memory_bytes=0, cores=1, slots=1, gflops=1.0, torch=False, task_types=["noop"], version="test"), INSECURE)

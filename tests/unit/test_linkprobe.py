@@ -41,3 +41,24 @@ def test_the_provider_s_clock_is_used_when_every_acknowledgement_carries_it():
     for probe_id, now, received in zip(ids, (1.0, 1.01, 1.02), (7.0, 0.0, 7.5)):  # one did not say: ours
         bits = probes.acked("p", probe_id, now, received)
     assert bits == pytest.approx(PROBE_BYTES * 8 / 0.01)
+
+
+def test_probes_not_all_acknowledged_go_out_again_then_are_given_up():
+    from head_node.linkprobe import RETRY_AFTER, TRIES
+
+    probes = LinkProbes()
+    first = probes.start("p", now=100.0)
+    probes.start("q", now=100.0 + RETRY_AFTER)  # a later one is not due yet
+    probes.acked("p", first[0].probe_id, 100.0)  # one of three came back; the others were dropped
+    assert probes.overdue(100.0 + RETRY_AFTER - 1) == ([], [])
+    assert probes.overdue(100.0 + RETRY_AFTER) == (["p"], [])
+    for attempt in range(2, TRIES + 1):
+        again = probes.start("p", now=100.0 + attempt * RETRY_AFTER)
+        assert not probes.owns("p", first[1].probe_id) and probes.owns("p", again[1].probe_id)  # fresh ids
+    assert probes.overdue(100.0 + (TRIES + 1) * RETRY_AFTER) == (["q"], ["p"])  # p: the third try is done
+    assert not probes.owns("p", again[0].probe_id)
+    # a provider that answers a retry is measured as at the first try
+    probes.start("q", now=500.0)
+    bits = [probes.acked("q", m.probe_id, 500.0, received) for m, received in
+            zip(probes.start("q", now=500.0), (1.0, 1.01, 1.02))]
+    assert bits[-1] == pytest.approx(PROBE_BYTES * 8 / 0.01)
