@@ -10,8 +10,11 @@ import os
 import platform
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from common.logs import get_logger
 
@@ -116,3 +119,14 @@ def choose_device(preference: str, devices: list[Device], torch_present: bool) -
         return by_kind[preference], "requested"
     why = "torch is not installed" if not torch_present else f"torch reports no {preference} device"
     return by_kind["cpu"], f"{preference} requested but {why}; falling back to CPU"
+
+
+def measure_gflops(seconds: float = 0.05, n: int = 256) -> float:
+    """This machine's float32 matmul speed through numpy's BLAS, GFLOP/s (sent at registration)."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a  # warm up BLAS
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9

@@ -26,8 +26,9 @@ from common.protocol import MsgType
 from common.provider.book import TaskBook
 from common.provider.cache import ArrayCache
 from common.provider.devices import (
-    Device, accelerator_possible, choose_device, import_torch, probe_devices, torch_installed,
+    Device, accelerator_possible, choose_device, import_torch, measure_gflops, probe_devices, torch_installed,
 )
+from common.provider import inplace
 from common.provider.heartbeat import HeartbeatThread
 from common.provider.identity import provider_id as load_provider_id
 from common.reqclient import ReqChannel
@@ -42,16 +43,6 @@ DRAIN_SECONDS = 30.0  # longest a graceful stop waits for running shards to fini
 #: an acceptance waits this long for its shard's result, which says the same and more (tiny shards: one
 #: message a shard instead of two); far below the head's ack timeout (seconds)
 ACCEPT_DELAY = 0.02
-
-
-def measure_gflops(seconds: float = 0.05, n: int = 256) -> float:
-    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    a @ a  # warm up BLAS
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ a
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
 def task_key(msg: protocol.Task | protocol.CancelTask | protocol.Result | protocol.Failure) -> str:
@@ -281,7 +272,7 @@ class Provider:
                                         error="cached input evicted", code="cache_miss"))
             return
         try:
-            arrays.update(self._local_inputs(msg.params.get("_local", {})))
+            arrays.update(inplace.local_inputs(self.local, msg.params.get("_local", {})))
         except (OSError, ValueError) as e:
             log.warning("task.local_unavailable", provider_id=self.id, task_id=msg.task_id, error=str(e))
             self._send(protocol.Failure(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
@@ -308,49 +299,6 @@ class Provider:
                 self.cache.put(key, arrays[name])
         return arrays
 
-    def _local_inputs(self, refs: dict) -> dict[str, np.ndarray]:
-        if refs and self.local is None:
-            raise ValueError("this provider did not prove it can read them")
-        return {name: self.local.array(ref) for name, ref in refs.items()}
-
-    def _output_targets(self, refs: dict) -> dict[str, np.ndarray]:
-        """The regions of the head's output files that results are written to through a mapping: those
-        ``LocalFiles.write`` cannot take whole (what cannot be opened here travels as bytes)."""
-        targets = {}
-        for name, ref in refs.items():
-            if localdata.pwrite_region(ref):
-                continue
-            try:
-                targets[name] = self.local.array(ref, mode="r+")
-            except (AttributeError, OSError, ValueError, TypeError) as e:
-                log.warning("task.write_in_place_failed", provider_id=self.id, output=name, error=str(e))
-        return targets
-
-    def _write_in_place(self, refs: dict, targets: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> list[str]:
-        """Results into their regions of the head's files: with ``pwrite``, or through the mapped ``targets``
-        (unless compute wrote them there itself); returns the names written, which leave ``out``."""
-        written = []
-        for name, ref in refs.items():
-            arr, target = out.get(name), targets.get(name)
-            if arr is None:
-                continue
-            try:
-                if target is None:
-                    if self.local is None or not self.local.write(ref, arr):
-                        continue  # sent instead; the head checks the shape of what it gets
-                elif arr is not target:
-                    if arr.shape != target.shape:
-                        continue
-                    np.copyto(target, arr, casting="same_kind")
-            except TypeError:
-                continue
-            except (OSError, ValueError) as e:
-                log.warning("task.write_in_place_failed", provider_id=self.id, output=name, error=str(e))
-                continue
-            del out[name]
-            written.append(name)
-        return written
-
     def _compute(self, msg: protocol.Task, key: str) -> None:
         """Runs on a worker thread."""
         if self.book.is_cancelled(key):
@@ -362,10 +310,10 @@ class Provider:
         try:
             task = self.tasks[msg.task_type]
             refs = msg.params.get("_local_out", {})
-            targets = self._output_targets(refs)
+            targets = inplace.output_targets(self.local, refs, self.id)
             into = {"out": targets} if targets and writes_into(task) else {}
             out = dict(task.compute(msg.params, msg.arrays, self.device.torch_name, **into))
-            written = self._write_in_place(refs, targets, out)
+            written = inplace.write_in_place(self.local, refs, targets, out, self.id)
             reply: protocol.Message = protocol.Result(provider_id=self.id, task_id=msg.task_id, attempt=msg.attempt,
                                                       elapsed=time.perf_counter() - start, arrays=out,
                                                       written=written)

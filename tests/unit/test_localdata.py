@@ -185,9 +185,7 @@ def test_matmul_computes_straight_into_a_target_of_the_right_kind():
 def test_a_provider_writes_results_into_their_regions(files, tmp_path, monkeypatch, has_pwrite):
     """Whole rows go by pwrite where there is one; a column block, or any block without pwrite (Windows),
     through a mapped target; a result of the wrong shape stays in ``out`` to be sent."""
-    from types import SimpleNamespace
-
-    from common.provider.runtime import Provider
+    from common.provider import inplace
 
     if not has_pwrite:
         monkeypatch.delattr(os, "pwrite")
@@ -195,11 +193,11 @@ def test_a_provider_writes_results_into_their_regions(files, tmp_path, monkeypat
     refs = {"rows": job.locate({"c": job.output("c")[0:2]})["c"],
             "cols": job.locate({"c": job.output("c")[2:6, 1:3]})["c"],
             "bad": job.locate({"c": job.output("c")[2:3]})["c"]}
-    peer = SimpleNamespace(local=localdata.LocalFiles(tmp_path, "t"), id="p1")
-    targets = Provider._output_targets(peer, refs)
+    local = localdata.LocalFiles(tmp_path, "t")
+    targets = inplace.output_targets(local, refs, "p1")
     assert set(targets) == ({"cols"} if has_pwrite else {"rows", "cols", "bad"})
     out = {"rows": np.full((2, 4), 1.0), "cols": np.full((4, 2), 2.0), "bad": np.ones((5, 5))}
-    assert sorted(Provider._write_in_place(peer, refs, targets, out)) == ["cols", "rows"]
+    assert sorted(inplace.write_in_place(local, refs, targets, out, "p1")) == ["cols", "rows"]
     assert list(out) == ["bad"]
     got = np.load(job.root / "out-c.npy")
     assert (got[0:2] == 1).all() and (got[2:6, 1:3] == 2).all() and got[2:6, [0, 3]].sum() == 0
