@@ -117,13 +117,16 @@ class JobActions:
             self.finish(job, "succeeded")
 
     def finish(self, job: Job, status: str, error: str = "") -> None:
-        job.finish(status, error, flush=not FSYNC_WRITES_MAPS)  # else the group commit's thread syncs the files
+        job.finish(status, error)
         self.commit.finished(job)  # journaled after its last shards, once they are on disk
         self.commit.start()
         elapsed = job.summary()["elapsed"]
         self.events.record(job.job_id, "finish", status=status, error=error or None, elapsed=round(elapsed, 6))
         self.events.close_job(job.job_id)
-        self._answer_held(self.api.due(time.monotonic(), finished=job.job_id))
+        try:  # the fetches held for the end read its outputs from the maps still open (not mapped afresh)
+            self._answer_held(self.api.due(time.monotonic(), finished=job.job_id))
+        finally:  # then a finished job holds no address space
+            job.files.release(flush=not FSYNC_WRITES_MAPS)  # else the group commit's thread syncs the files
         self.providers.forget_job(job.job_id)
         self.counters[f"jobs_{status}"] += 1
         self.log.info("job.finished", job_id=job.job_id, status=status, error=error or None,

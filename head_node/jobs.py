@@ -83,9 +83,10 @@ class Job:
                 out[i] = "|".join(sorted(keys.values()))
         return out
 
-    def finish(self, status: str, error: str = "", flush: bool = True) -> None:
+    def finish(self, status: str, error: str = "") -> None:
+        """The job ends; its files stay mapped until ``files.release()`` (the fetches waiting for the end
+        read the outputs first)."""
         self.status, self.error, self.finished_at = status, error, time.time()
-        self.files.release(flush=flush)
 
     def summary(self) -> dict[str, Any]:
         end = self.finished_at or time.time()
