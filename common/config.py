@@ -87,6 +87,7 @@ class HeadConfig:
     link_mbit: float | None = None  # the network's speed, for the codec's auto policy (None: unknown)
     local_data: bool = True  # peers on this machine read and write job files in place (common/localdata.py)
     keep_finished: float = 7 * 86400  # seconds a finished job (its arrays, its events) is kept; 0: for ever
+    allow_models: tuple[str, ...] = ()  # package.module:factory models clients may train (and entry points)
 
     def bind_url(self, role: str) -> str:
         return f"tcp://{self.bind_host}:{self.port_base + SOCKET_ROLES.index(role)}"

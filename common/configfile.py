@@ -163,6 +163,8 @@ def _shown(param: click.Parameter, value: Any) -> str:
         return "(auto)"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (tuple, list)):  # a repeatable option
+        return " ".join(map(str, value)) or "(none)"
     return str(value)
 
 
@@ -171,6 +173,8 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(str(value))  # a JSON string is a TOML basic string
 
 
@@ -235,6 +239,9 @@ def command_line_args(sub: click.Context, skip: set[str] = frozenset()) -> list[
         elif p.is_flag:
             if value:
                 args.append(p.opts[0])
+        elif p.multiple:
+            for item in value:
+                args += ["--" + key_of(p), str(item)]
         else:
             args += ["--" + key_of(p), str(value)]
     return args

@@ -1,4 +1,4 @@
-"""Process helpers: free ports for a local cluster, and exiting when the parent dies."""
+"""Process helpers: free ports for a local cluster, exiting when the parent dies, one process per data dir."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ import os
 import random
 import socket
 import threading
+from pathlib import Path
 from typing import Callable
 
 from common.config import SOCKET_ROLES
+from common.errors import ConfigError
+
+if os.name == "nt":
+    import msvcrt
+else:
+    import fcntl
 
 PARENT_PID_ENV = "ZCOMPUTE_PARENT_PID"
 
@@ -58,3 +65,48 @@ def watch_parent(on_orphaned: Callable[[], None], interval: float = 0.5) -> None
                 return
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+LOCK_FILE = "lock"
+
+
+class DataDirLock:
+    """This process's hold on a data dir: two heads on one would share a journal, and the second would
+    rewrite the token that proves a peer is on this machine; two providers would share an identity. The
+    lock is the OS's (``flock``; ``msvcrt.locking`` on Windows), so it goes with the process however that
+    ends; the file keeps the holder's pid for the message."""
+
+    def __init__(self, directory: Path, role: str):
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / LOCK_FILE
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            _lock(self._fd)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            holder = _holder(path)
+            raise ConfigError(f"{directory} is in use by another {role}{holder}; "
+                              f"give this one a --data-dir of its own") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
+def _lock(fd: int) -> None:
+    if os.name == "nt":
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""

@@ -31,6 +31,7 @@ ROLES = ("provider", "client", "admin", "viewer")
 JOIN_PREFIX = "zcj1:"
 ALGORITHM = "HS256"
 ISSUER = "zcompute"
+MAX_JOIN_FILE = 64 * 1024  # a join string is under 1 KiB; @/dev/zero must not fill the memory
 
 
 def write_secret(path: Path, data: bytes | str) -> None:
@@ -70,15 +71,14 @@ class Join:
         """Accept a join string, or ``@PATH`` of a file holding one."""
         text = text.strip()
         if text.startswith("@"):
-            try:
-                text = Path(text[1:]).expanduser().read_text().strip()
-            except OSError as e:
-                raise ConfigError(f"cannot read the join file {text[1:]}: {e}") from None
+            text = _read_join_file(text[1:]).strip()
         if not text.startswith(JOIN_PREFIX):
             raise ConfigError(f"not a zcompute join string (it should start with {JOIN_PREFIX!r})")
         body = text[len(JOIN_PREFIX):]
         try:
             data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+                raise ValueError("its fields are not all text")
             join = cls(**data)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"the join string is damaged: {e}") from None
@@ -92,6 +92,21 @@ class Join:
     @property
     def curve(self) -> CurveKeys:
         return CurveKeys(self.public.encode(), self.secret.encode(), self.server_key.encode())
+
+
+def _read_join_file(name: str) -> str:
+    try:
+        with open(Path(name).expanduser(), "rb") as f:
+            data = f.read(MAX_JOIN_FILE + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read the join file {name}: {e.strerror or e}") from None
+    try:
+        if len(data) <= MAX_JOIN_FILE:
+            return data.decode()
+    except UnicodeDecodeError:
+        pass
+    raise ConfigError(f"the file {name} does not hold a join string (one line of text starting with "
+                      f"{JOIN_PREFIX!r})")
 
 
 @dataclass(frozen=True)

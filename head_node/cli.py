@@ -14,12 +14,14 @@ from common import cli_options as opt
 from common import configfile
 from common.codec import Limits
 from common.config import DEFAULT_DATA_DIR, DEFAULT_PORT_BASE, HeadAddress, HeadConfig, Timing
-from common.errors import ConfigError, TransportError
+from common.errors import ConfigError
 from common.security import ROLES
 from head_node.keystore import KeyStore, default_advertise
 from head_node.loopwatch import settle_gc
 from common.lifecycle import watch_parent
 from common.logs import get_logger, setup_logging
+
+MAX_TTL_DAYS = 3650  # longer is a typo, and 99999999d put the expiry past year 9999
 
 
 @click.group(help="zcompute head node: takes jobs from clients and shards them across providers.")
@@ -29,8 +31,8 @@ def cli() -> None:
 
 
 @cli.command(epilog="Example: head-node start --data-dir ~/.zcompute --port-base 5555")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, envvar=opt.env("DATA_DIR"),
-              show_default=True, help="Where jobs, their arrays and keys are kept.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATA_DIR,
+              envvar=opt.env("DATA_DIR"), show_default=True, help="Where jobs, their arrays and keys are kept.")
 @click.option("--bind", "bind_host", default="0.0.0.0", envvar=opt.env("BIND"), show_default=True,
               help="Interface to listen on.")
 @click.option("--port-base", type=click.IntRange(1, 65530), default=DEFAULT_PORT_BASE, envvar=opt.env("PORT_BASE"),
@@ -38,9 +40,9 @@ def cli() -> None:
 @opt.heartbeat_interval
 @click.option("--liveness", type=click.IntRange(1, 100), default=3, envvar=opt.env("LIVENESS"), show_default=True,
               help="Missed heartbeats before a provider gets no new work.")
-@click.option("--dead-after", type=click.FloatRange(0.05, 3600), default=10.0, envvar=opt.env("DEAD_AFTER"),
+@click.option("--dead-after", type=opt.Number(0.05, 3600), default=10.0, envvar=opt.env("DEAD_AFTER"),
               show_default=True, help="Seconds of silence before a provider's shards are reassigned.")
-@click.option("--ack-timeout", type=click.FloatRange(0.01, 600), default=2.0, envvar=opt.env("ACK_TIMEOUT"),
+@click.option("--ack-timeout", type=opt.Number(0.01, 600), default=2.0, envvar=opt.env("ACK_TIMEOUT"),
               show_default=True, help="Re-publish an assignment not accepted within this many seconds.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=3, envvar=opt.env("MAX_ATTEMPTS"),
               show_default=True, help="Failures of one shard that fail its job.")
@@ -49,9 +51,9 @@ def cli() -> None:
                    "(a straggler then holds more work: keep 0 unless providers are alike).")
 @click.option("--speculate/--no-speculate", default=True, envvar=opt.env("SPECULATE"), show_default=True,
               help="Copy straggling shards to idle providers; the first result wins.")
-@click.option("--speculate-after", type=click.FloatRange(0, 1), default=0.75, envvar=opt.env("SPECULATE_AFTER"),
+@click.option("--speculate-after", type=opt.Number(0, 1), default=0.75, envvar=opt.env("SPECULATE_AFTER"),
               show_default=True, help="Fraction of a job's shards done before stragglers are copied.")
-@click.option("--straggler-factor", type=click.FloatRange(1, 1000), default=1.2,
+@click.option("--straggler-factor", type=opt.Number(1, 1000), default=1.2,
               envvar=opt.env("STRAGGLER_FACTOR"), show_default=True,
               help="A shard running this many times the job's mean shard time is a straggler.")
 @click.option("--max-queued-jobs", type=click.IntRange(1, 10**6), default=100, envvar=opt.env("MAX_QUEUED_JOBS"),
@@ -74,13 +76,18 @@ def cli() -> None:
 @click.option("--keep-finished", default="7d", envvar=opt.env("KEEP_FINISHED"), show_default=True,
               help="How long a finished job (its arrays and events) is kept before it is deleted: seconds, "
                    "or 90m, 12h, 30d; 0 keeps jobs until a client deletes them.")
+@click.option("--allow-model", "allow_models", multiple=True, metavar="MODULE:FACTORY", envvar=opt.env("ALLOW_MODELS"),
+              help="A package.module:factory model that clients may train (repeatable; the variable takes several "
+                   "separated by spaces). The head calls it to build the model, so only these and the factories "
+                   "installed packages declare as 'zcompute.models' entry points are taken.")
 @opt.link_mbit
 @opt.insecure
 @opt.log_level
 @opt.log_json
 def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_after, ack_timeout, max_attempts,
           prefetch, speculate, speculate_after, straggler_factor, max_queued_jobs, max_message_mb, compression, allow_any_key,
-          advertise, http_port, http_host, local_data, keep_finished, link_mbit, insecure, log_level, log_json):
+          advertise, http_port, http_host, local_data, keep_finished, allow_models, link_mbit, insecure, log_level,
+          log_json):
     """Serve until stopped (Ctrl-C or SIGTERM closes cleanly)."""
     from head_node.server import HeadNode
 
@@ -93,13 +100,11 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
         prefetch=prefetch, speculate=speculate, speculate_after=speculate_after, straggler_factor=straggler_factor,
         max_queued_jobs_per_client=max_queued_jobs, compression=compression, allow_any_key=allow_any_key,
         advertise=advertise, http_port=http_port, http_host=http_host, link_mbit=link_mbit, local_data=local_data,
-        keep_finished=_duration(keep_finished),
+        keep_finished=_duration(keep_finished, "--keep-finished"), allow_models=tuple(allow_models),
     )
-    head = HeadNode(config)
-    try:
+    with opt.one_line_errors():
+        head = HeadNode(config)
         head.bind()
-    except TransportError as e:
-        raise click.ClickException(str(e)) from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: head.stop())
     watch_parent(head.stop)
@@ -108,8 +113,9 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
     head.serve_forever()
 
 
-data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR,
-                               envvar=opt.env("DATA_DIR"), show_default=True, help="The head's data dir.")
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                               default=DEFAULT_DATA_DIR, envvar=opt.env("DATA_DIR"), show_default=True,
+                               help="The head's data dir.")
 
 
 def _store(data_dir: Path) -> KeyStore:
@@ -137,28 +143,40 @@ def init(data_dir, advertise, port_base):
     click.echo(f"admin join string: {store.data_dir / 'admin.join'}  (user-client --join @{store.data_dir / 'admin.join'})")
 
 
-def _duration(text: str) -> float:
+def _duration(text: str, hint: str, most_days: float = math.inf) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value >= 0):
-        raise click.BadParameter(f"{text!r} is not a duration like 3600, 90m, 12h or 30d")
+        raise click.BadParameter(f"{text!r} is not a duration like 3600, 90m, 12h or 30d", param_hint=hint)
+    if value > most_days * 86400:
+        raise click.BadParameter(f"{text!r} is more than {most_days / 365:g} years ({most_days:g}d)",
+                                 param_hint=hint)
     return value
+
+
+def _date(timestamp: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    except (ValueError, OverflowError, OSError):  # past year 9999: made before --ttl had a bound
+        return "never"
 
 
 @cli.command(epilog="Example: head-node invite --role provider --name mac-mini --ttl 30d")
 @data_dir_option
 @click.option("--role", type=click.Choice(ROLES), required=True, help="What the peer may do.")
 @click.option("--name", required=True, help="The peer's name (jobs are owned by it; revoke by it).")
-@click.option("--ttl", default="365d", show_default=True, help="Token lifetime: seconds, or 90m, 12h, 30d.")
+@click.option("--ttl", default="365d", show_default=True,
+              help=f"Token lifetime: seconds, or 90m, 12h, 30d; at most {MAX_TTL_DAYS}d.")
 @click.option("--advertise", default="", help="Head address for this join string (default: the one from init).")
 def invite(data_dir, role, name, ttl, advertise):
     """Print one join string for a new peer: head address and key, the peer's key pair and token."""
+    seconds = _duration(ttl, "--ttl", MAX_TTL_DAYS)
     store = _store(data_dir)
     try:
-        join = store.invite(role, name, _duration(ttl), HeadAddress.parse(advertise) if advertise else None)
+        join = store.invite(role, name, seconds, HeadAddress.parse(advertise) if advertise else None)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     click.echo(join.encode())
@@ -185,7 +203,7 @@ def peers(data_dir):
     rows = _store(data_dir).read_peers()
     click.echo(f"{'NAME':<20} {'ROLE':<9} {'TOKEN ID':<33} {'EXPIRES':<17} STATE")
     for jti, p in sorted(rows.items(), key=lambda kv: kv[1]["issued"]):
-        expires = datetime.datetime.fromtimestamp(p["exp"]).strftime("%Y-%m-%d %H:%M")
+        expires = _date(p["exp"])
         state = "revoked" if p["revoked"] else ("expired" if p["exp"] < time.time() else "active")
         click.echo(f"{p['name']:<20} {p['role']:<9} {jti:<33} {expires:<17} {state}")
 

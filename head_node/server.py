@@ -18,11 +18,12 @@ import zmq
 from common import codec, localdata, protocol, wire
 from common.config import HeadConfig
 from common.errors import AuthError, DecodeError, RequestError, TransportError
+from common.lifecycle import DataDirLock
 from common.logs import get_logger
 from common.protocol import MsgType
 from common.codec import STATS as ARRAY_STATS
 from common.sockets import Outbox, frames_bytes, make_socket, recv_frames, send, split_envelope
-from common.tasks import TaskType, load_task_types
+from common.tasks import TaskType, load_task_types, torchmodels
 from head_node.actions import JobActions
 from head_node.api import ClientApi, Held
 from head_node.auth import HeadAuth, user_id
@@ -62,8 +63,17 @@ Handler = Callable[[protocol.Message], protocol.Message | None]
 class HeadNode(JobActions):
     def __init__(self, config: HeadConfig, task_types: dict[str, TaskType] | None = None):
         self.config = config
+        self._data_lock = DataDirLock(config.data_dir, "head")  # before anything there is read or written
+        try:
+            self._start(config, task_types)
+        except BaseException:
+            self._data_lock.release()
+            raise
+
+    def _start(self, config: HeadConfig, task_types: dict[str, TaskType] | None) -> None:
         if config.link_mbit:
             codec.set_link_speed(config.link_mbit * 1e6)
+        torchmodels.allow_factories(config.allow_models)  # what a client's train job may make this process call
         self.log = get_logger("head")
         self.epoch = protocol.new_id()[:12]
         self.tasks = task_types if task_types is not None else load_task_types()
@@ -267,6 +277,7 @@ class HeadNode(JobActions):
             sock.close(linger=0)
         self.sockets.clear()
         self.ctx.term()
+        self._data_lock.release()
         self.log.info("head.stopped", epoch=self.epoch)
 
     def tick(self, between: Callable[[], None] = lambda: None) -> None:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from common import configfile
-from common.provider.cli import make_cli, resolve_join
+from common.provider.cli import make_cli, parse_join, resolve_join
 from provider_macos import service
 from provider_macos.keepawake import keep_awake
 
@@ -35,7 +35,7 @@ def install_service(ctx: click.Context, dry_run: bool, start_args: tuple[str, ..
             click.echo(" ".join(argv))
         return
     params = plan.context.params
-    resolve_join(params["join_text"], plan.data_dir, params["insecure"])
+    resolve_join(parse_join(params["join_text"], params["insecure"]), plan.data_dir, params["insecure"])
     try:
         service.install(agent)
     except (OSError, RuntimeError) as e:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from common import configfile
-from common.provider.cli import make_cli, resolve_join
+from common.provider.cli import make_cli, parse_join, resolve_join
 from provider_windows import console, service
 
 cli = make_cli("Windows", "cuda", on_start=console.install)
@@ -37,7 +37,7 @@ def install_service(ctx: click.Context, dry_run: bool, start_args: tuple[str, ..
             click.echo(" ".join(argv))
         return
     params = plan.context.params
-    resolve_join(params["join_text"], plan.data_dir, params["insecure"])
+    resolve_join(parse_join(params["join_text"], params["insecure"]), plan.data_dir, params["insecure"])
     try:
         service.install(task)
     except (OSError, RuntimeError) as e:

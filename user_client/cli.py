@@ -11,11 +11,18 @@ import click
 import numpy as np
 
 from common import cli_options as opt
+from common.config import HeadConfig
 from common.errors import ConfigError, JobCancelled, JobFailed, ZComputeError
 from common.logs import setup_logging
 from user_client.client import DEFAULT_HEAD, Client, JobHandle
 from user_client.cli_filemean import filemean_command
 from user_client.format import progress_bar, table
+
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"  # np.savez writes a zip archive
+NO_CREDENTIALS = ("no credentials: pass --join STRING or --join @FILE (from `head-node invite --role client --name "
+                  "NAME`), or --insecure for a head started with --insecure")
 
 
 class ClientError(click.ClickException):
@@ -27,7 +34,7 @@ class ClientError(click.ClickException):
               help=f"The head node, tcp://HOST[:PORT_BASE] (default: from --join, else {DEFAULT_HEAD}).")
 @click.option("--join", "join_text", envvar=opt.env("JOIN"),
               help="Join string from `head-node invite --role client` (or @FILE).")
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+@click.option("--timeout", type=opt.Number(0.1, 3600), default=30.0, show_default=True,
               help="Seconds to wait for each reply from the head before retrying.")
 @opt.insecure
 @opt.log_level
@@ -48,6 +55,8 @@ def _errors() -> Iterator[None]:
 
 
 def _client(ctx: click.Context) -> Client:
+    if not ctx.obj["join"] and not ctx.obj["insecure"]:
+        raise ClientError(NO_CREDENTIALS)
     try:
         return Client(ctx.obj["head"], join=ctx.obj["join"], insecure=ctx.obj["insecure"],
                       timeout=ctx.obj["timeout"])
@@ -55,32 +64,66 @@ def _client(ctx: click.Context) -> Client:
         raise ClientError(str(e)) from None
 
 
-def _load(path: Path, what: str) -> np.ndarray:
+def _load(path: Path) -> np.ndarray:
+    """The one array of a .npy file; never unpickled."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise click.BadParameter(f"cannot read {path}: {e}", param_hint=what) from None
+        with open(path, "rb") as f:
+            reason = _not_npy(f.read(len(NPY_MAGIC)))
+            if reason is None:
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+    except OSError as e:
+        reason = e.strerror or str(e)
+    except (ValueError, EOFError) as e:  # a damaged .npy, or one of objects
+        # for objects numpy advises allow_pickle=True: not advice to pass on
+        reason = "it holds Python objects, not numbers" if "allow_pickle" in str(e) else str(e)
+    raise ClientError(f"cannot read {path}: {reason}")
+
+
+def _not_npy(start: bytes) -> str | None:
+    if not start:
+        return "file is empty"
+    if start.startswith(ZIP_MAGIC):
+        return "it is an .npz archive; give a single array as a .npy file (np.save)"
+    return None if start == NPY_MAGIC else "not a .npy file"
+
+
+@contextlib.contextmanager
+def _detach_on_ctrl_c(job_id: str) -> Iterator[None]:
+    """Ctrl-C stops this command, not the job: say how to come back to it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following; job {job_id} keeps running on the head (user-client watch {job_id}, "
+                   f"user-client result {job_id} --out FILE, or user-client cancel {job_id})", err=True)
+        raise click.exceptions.Exit(130) from None
 
 
 def _wait_and_save(job: JobHandle, out: Path | None, show_progress: bool) -> None:
-    with progress_bar(show_progress) as update:
-        try:
-            summary = job.wait(on_progress=update)
-        except (JobFailed, JobCancelled) as e:
-            raise ClientError(str(e)) from None
-    click.echo(f"job {job.id} {summary['status']} in {summary['elapsed']:.3f}s "
-               f"({summary['total']} shards: {_by_provider(summary)})")
-    if out is not None:
-        _save(job, out)
+    with _detach_on_ctrl_c(job.id):
+        with progress_bar(show_progress) as update:
+            try:
+                summary = job.wait(on_progress=update)
+            except (JobFailed, JobCancelled) as e:
+                raise ClientError(str(e)) from None
+        click.echo(f"job {job.id} {summary['status']} in {summary['elapsed']:.3f}s "
+                   f"({summary['total']} shards: {_by_provider(summary)})")
+        if out is not None:
+            _save(job, out)
 
 
 def _save(job: JobHandle, out: Path) -> None:
+    """Write exactly ``out`` (np.save and np.savez given a name would add .npy or .npz to it)."""
     arrays = job.outputs()
-    if len(arrays) == 1:
-        np.save(out, next(iter(arrays.values())))
-    else:
-        np.savez(out, **arrays)
-    click.echo(f"saved {out}")
+    try:
+        with open(out, "wb") as f:
+            if len(arrays) == 1:
+                np.save(f, next(iter(arrays.values())), allow_pickle=False)
+            else:
+                np.savez(f, **arrays)
+    except OSError as e:
+        raise ClientError(f"cannot write {out}: {e.strerror or e}") from None
+    click.echo(f"saved {out}" + ("" if len(arrays) == 1 else f" (an .npz archive of {', '.join(arrays)})"))
 
 
 def _by_provider(summary: dict) -> str:
@@ -103,13 +146,13 @@ submit.add_command(filemean_command)
               help="B as a .npy file (k x n).")
 @click.option("--splits", default="auto", show_default=True,
               help="ROWSxCOLS grid of blocks (2x2), a row count (4), or auto.")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@opt.priority
 @click.option("--wait/--no-wait", default=False, help="Wait for the result, with a progress bar.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save C here (.npy); implies --wait.")
+@opt.out_file("Save C here (.npy); implies --wait.")
 @click.pass_context
 def submit_matmul(ctx, a_path, b_path, splits, priority, wait, out):
     """C = A @ B, sharded by rows or as a grid of blocks."""
-    a, b = _load(a_path, "--a"), _load(b_path, "--b")
+    a, b = _load(a_path), _load(b_path)
     with _client(ctx) as c:
         with _errors():
             job = c.matmul(a, b, splits=splits, priority=priority)
@@ -119,8 +162,8 @@ def submit_matmul(ctx, a_path, b_path, splits, priority, wait, out):
 
 
 @submit.command("noop", epilog="Example: user-client submit noop --shards 1000 --wait")
-@click.option("--shards", type=click.IntRange(1, 1_000_000), default=10, show_default=True)
-@click.option("--sleep", type=click.FloatRange(0), default=0.0, show_default=True, help="Seconds per shard.")
+@click.option("--shards", type=click.IntRange(1, HeadConfig.max_shards_per_job), default=10, show_default=True)
+@click.option("--sleep", type=opt.Number(0, 3600), default=0.0, show_default=True, help="Seconds per shard.")
 @click.option("--wait/--no-wait", default=False)
 @click.pass_context
 def submit_noop(ctx, shards, sleep, wait):
@@ -140,9 +183,9 @@ def submit_noop(ctx, shards, sleep, wait):
               help="digits, a .npz with X and y, an MNIST directory, or IMAGES,LABELS IDX files.")
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Global batch size.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.05, show_default=True)
+@click.option("--lr", type=opt.Number(0, min_open=True), default=0.05, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--momentum", type=opt.Number(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--local-steps", type=click.IntRange(1), default=1, show_default=True,
               help="1: providers return gradients; K>1: weight changes after K local SGD steps.")
@@ -150,8 +193,7 @@ def submit_noop(ctx, shards, sleep, wait):
               show_default=True, help="How parameters and updates travel (16-bit halves the bytes).")
 @click.option("--every-round", is_flag=True, help="Print every round, not only the end of each epoch.")
 @click.option("--wait/--no-wait", default=False, help="Follow the training and print its progress.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Save the trained state_dict here (torch.save; .npz without torch); implies --wait.")
+@opt.out_file("Save the trained state_dict here (torch.save; .npz without torch); implies --wait.")
 @click.pass_context
 def train(ctx, model, data, epochs, batch_size, lr, optimizer, momentum, seed, local_steps, wire_dtype, every_round,
           wait, out):
@@ -164,9 +206,10 @@ def train(ctx, model, data, epochs, batch_size, lr, optimizer, momentum, seed, l
                           momentum=momentum, seed=seed, local_steps=local_steps, wire_dtype=wire_dtype)
             click.echo(f"submitted job {job.id}")
             if wait or out:
-                follow_training(job, every_round)
-                if out is not None:
-                    click.echo(f"saved {save_state_dict(job.result(), out)}")
+                with _detach_on_ctrl_c(job.id):
+                    follow_training(job, every_round)
+                    if out is not None:
+                        click.echo(f"saved {save_state_dict(job.result(), out)}")
         except (ZComputeError, TimeoutError) as e:
             raise ClientError(str(e)) from None
 
@@ -184,7 +227,7 @@ def status(ctx, job_id):
 
 @cli.command(epilog="Example: user-client result 3f2a9c1b7d4e --out C.npy")
 @click.argument("job_id")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to save it.")
+@opt.out_file("Where to save it.", required=True)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait if the job is still running.")
 @click.pass_context
 def result(ctx, job_id, out, wait):
@@ -208,7 +251,7 @@ def events(ctx, job_id, follow):
 
     with _client(ctx) as c:
         job, offset = c.job(job_id), 0
-        with _errors():
+        with _errors(), _detach_on_ctrl_c(job_id):
             while True:
                 batch, offset = job.events(offset)
                 for event in batch:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
+from common import cli_options as opt
 from common.errors import ZComputeError
 from common.tasks.filemean import MAX_FANIN
 
@@ -23,10 +23,9 @@ from common.tasks.filemean import MAX_FANIN
 @click.option("--upload/--no-upload", default=None,
               help="Send the files' contents (default for local files), or let the providers read the "
                    "paths/URLs themselves (--no-upload: they must see the same files).")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@opt.priority
 @click.option("--wait/--no-wait", default=False, help="Wait for the result, with a progress bar.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the mean here (.npy); implies "
-                                                                              "--wait.")
+@opt.out_file("Save the mean here (.npy); implies --wait.")
 @click.pass_context
 def filemean_command(ctx, inputs, fanin, intermediate, upload, priority, wait, out):
     """Element-wise mean across files, as a tree of partial sums on the providers."""

@@ -9,6 +9,7 @@ import click
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from common.tasks.matmul import MatmulTask
 from user_client.format import progress_bar
 from user_client.local import LocalCluster
 
@@ -17,6 +18,7 @@ def run_demo(size: int, splits: str, providers: int, insecure: bool = False) -> 
     rng = np.random.default_rng(42)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
+    MatmulTask().validate({"splits": splits}, {"a": a, "b": b})  # as the head will, before a cluster starts for it
     click.echo(f"starting a local cluster: 1 head node, {providers} providers ...")
     with LocalCluster(providers, insecure=insecure) as cluster, cluster.client() as client:
         click.echo(f"head at {cluster.address} ({'INSECURE' if insecure else 'secured: CurveZMQ + tokens'}); "

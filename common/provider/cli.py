@@ -16,9 +16,11 @@ from common import cli_options as opt
 from common import configfile
 from common.config import DEFAULT_DATA_DIR, HeadAddress, ProviderConfig, Timing
 from common.errors import ConfigError
-from common.lifecycle import watch_parent
+from common.lifecycle import DataDirLock, watch_parent
 from common.logs import get_logger, setup_logging
 from common.security import Join, write_secret
+
+MAX_NAME = 128  # as the head's registration check
 
 
 def run_provider(config: ProviderConfig, on_start=None) -> None:
@@ -33,22 +35,37 @@ def run_provider(config: ProviderConfig, on_start=None) -> None:
     provider.run()
 
 
-def resolve_join(join_text: str | None, data_dir: Path, insecure: bool) -> Join | None:
+def parse_join(join_text: str | None, insecure: bool) -> Join | None:
+    """``--join`` checked, before anything is written for it."""
+    if insecure or not join_text:
+        return None
+    try:
+        return Join.decode(join_text)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--join") from None
+
+
+def resolve_join(given: Join | None, data_dir: Path, insecure: bool) -> Join | None:
     """The join to use: ``--join`` (saved to the data dir for restarts), else the saved one."""
     if insecure:
         return None
     saved = data_dir / "join"
+    if given is not None:
+        write_secret(saved, given.encode() + "\n")
+        return given
     try:
-        if join_text:
-            join = Join.decode(join_text)
-            write_secret(saved, join.encode() + "\n")
-            return join
         if saved.exists():
             return Join.decode(saved.read_text())
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--join") from None
     raise click.UsageError("this provider has no credentials: pass --join STRING (from `head-node invite "
                            "--role provider --name NAME`) or --insecure for a head started with --insecure")
+
+
+def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if len(value) > MAX_NAME:  # the head would refuse the registration
+        raise click.BadParameter(f"{len(value)} characters, at most {MAX_NAME}", ctx, param)
+    return value
 
 
 def make_cli(platform_name: str, default_device: str, on_start=None) -> click.Group:
@@ -64,10 +81,12 @@ def make_cli(platform_name: str, default_device: str, on_start=None) -> click.Gr
                        "tcp://127.0.0.1:5555).")
     @click.option("--join", "join_text", envvar=opt.env("JOIN"),
                   help="Join string from `head-node invite --role provider` (or @FILE); kept in the data dir.")
-    @click.option("--data-dir", type=click.Path(path_type=Path), envvar=opt.env("PROVIDER_DATA_DIR"),
+    @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar=opt.env("PROVIDER_DATA_DIR"),
                   default=DEFAULT_DATA_DIR / "provider", show_default=True,
                   help="Where the provider keeps its id (one data dir per provider process).")
-    @click.option("--name", default="", envvar=opt.env("PROVIDER_NAME"), help="Display name (default: host name).")
+    @click.option("--name", default="", envvar=opt.env("PROVIDER_NAME"), callback=_name,
+                  help=f"Display name, at most {MAX_NAME} characters (default: the name the join string was "
+                       "invited with, else the host name and the start of the provider's id).")
     @click.option("--slots", type=click.IntRange(1, 256), default=1, envvar=opt.env("SLOTS"), show_default=True,
                   help="Shards computed at once.")
     @click.option("--blas-threads", type=click.IntRange(1, 512), default=1, envvar=opt.env("BLAS_THREADS"),
@@ -84,7 +103,10 @@ def make_cli(platform_name: str, default_device: str, on_start=None) -> click.Gr
         """Join the head node and compute shards until stopped (Ctrl-C or SIGTERM drains first)."""
         setup_logging(log_level, log_json)
         data_dir = data_dir.expanduser()
-        join = resolve_join(join_text, data_dir, insecure)
+        given = parse_join(join_text, insecure)
+        with opt.one_line_errors():
+            lock = DataDirLock(data_dir, "provider")  # before its saved join or identity is read or written
+            join = resolve_join(given, data_dir, insecure)
         try:
             address = HeadAddress.parse(head) if head else (join.address if join else HeadAddress("127.0.0.1"))
         except ConfigError as e:
@@ -96,7 +118,9 @@ def make_cli(platform_name: str, default_device: str, on_start=None) -> click.Gr
                                 slots=slots,
                                 blas_threads=blas_threads, device=device, insecure=insecure, link_mbit=link_mbit,
                                 timing=Timing(heartbeat_interval=heartbeat_interval))
-        run_provider(config, on_start)
+        with opt.one_line_errors():
+            run_provider(config, on_start)
+        lock.release()
 
     cli.add_command(configfile.config_group("provider"))
     return cli

@@ -4,23 +4,37 @@ Model specs: ``mlp:IN,H1,...,OUT`` (ReLU between layers), ``cnn:HxW,CLASSES``
 (a small CNN for 1-channel images), or ``package.module:factory`` for a
 model defined in a package installed on the head and the providers (called
 with no arguments; nothing is pickled over the wire).
+
+The head builds the model a client names, so a client must not be able to make it
+call any function it can import (``os:abort`` would stop it): a factory is taken
+only if the head's operator allowed it, with ``head-node start --allow-model`` or
+an entry point in the ``zcompute.models`` group of an installed package. And the
+built-in specs are bounded (``MAX_PARAMETERS``): the head holds the parameters,
+their gradients and the optimizer's state.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-from typing import Any
+from importlib.metadata import entry_points
+from typing import Any, Iterable
 
 import numpy as np
 
-from common.errors import ValidationError
+from common.errors import ConfigError, ValidationError
 
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 OPTIMIZERS = ("sgd", "adam")
-_MLP = re.compile(r"^mlp:(\d+(?:,\d+)+)$")
-_CNN = re.compile(r"^cnn:(\d+)x(\d+),(\d+)$")
+_MLP = re.compile(r"^mlp:(\d{1,9}(?:,\d{1,9})+)$")
+_CNN = re.compile(r"^cnn:(\d{1,9})x(\d{1,9}),(\d{1,9})$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+MODEL_ENTRY_POINTS = "zcompute.models"
+#: parameters of a built-in model a client may ask for (an mlp or cnn): 200 MB of float32, four times over
+#: with its gradients and Adam's two moments
+MAX_PARAMETERS = 50_000_000
+MAX_IMAGE_SIDE = 4096
+_allowed: set[str] = set()  # factories the operator allowed (allow_factories); entry points are read as asked
 
 
 def require_torch(where: str):
@@ -32,10 +46,49 @@ def require_torch(where: str):
     return torch
 
 
+def allow_factories(specs: Iterable[str]) -> None:
+    """The ``package.module:factory`` models this process may build for a client (the head's
+    ``--allow-model``), besides those installed packages declare as ``zcompute.models`` entry points."""
+    specs = list(specs)
+    bad = [s for s in specs if not _FACTORY.match(s)]
+    if bad:
+        raise ConfigError(f"--allow-model takes package.module:factory, not {', '.join(map(repr, bad))}")
+    _allowed.clear()
+    _allowed.update(specs)
+
+
+def allowed_factories() -> set[str]:
+    return _allowed | {ep.value for ep in entry_points(group=MODEL_ENTRY_POINTS)}
+
+
 def check_spec(spec: Any) -> str:
-    if not isinstance(spec, str) or not (_MLP.match(spec) or _CNN.match(spec) or _FACTORY.match(spec)):
+    """``spec`` if a client may ask for it here: a well-formed built-in of bounded size, or an allowed factory."""
+    if m := _MLP.match(spec) if isinstance(spec, str) else None:
+        _check_mlp([int(v) for v in m[1].split(",")])
+    elif m := _CNN.match(spec) if isinstance(spec, str) else None:
+        h, w, classes = int(m[1]), int(m[2]), int(m[3])
+        if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE and 1 <= classes):
+            raise ValidationError(f"model {spec}: image sides must be 1..{MAX_IMAGE_SIDE} and classes at least 1")
+        _check_count(spec, 16 * 9 + 16 + 32 * 16 * 9 + 32 + 128 * classes + classes)
+    elif isinstance(spec, str) and _FACTORY.match(spec):
+        if spec not in allowed_factories():
+            raise ValidationError(
+                f"model factory {spec!r} is not allowed on this head (its operator allows factories with "
+                f"`head-node start --allow-model MODULE:FACTORY` or {MODEL_ENTRY_POINTS!r} entry points)")
+    else:
         raise ValidationError(f"model {spec!r} is not mlp:IN,HIDDEN...,OUT, cnn:HxW,CLASSES or package.module:factory")
     return spec
+
+
+def _check_mlp(sizes: list[int]) -> None:
+    if min(sizes) < 1:
+        raise ValidationError(f"model mlp:{','.join(map(str, sizes))}: every layer needs at least 1 unit")
+    _check_count(f"mlp:{','.join(map(str, sizes))}", sum(a * b + b for a, b in zip(sizes, sizes[1:])))
+
+
+def _check_count(spec: str, parameters: int) -> None:
+    if parameters > MAX_PARAMETERS:
+        raise ValidationError(f"model {spec} has {parameters:,} parameters, over the limit of {MAX_PARAMETERS:,}")
 
 
 class _Cnn:

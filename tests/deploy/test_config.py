@@ -146,6 +146,7 @@ speculate-after = 0.5
 straggler-factor = 2.0
 max-queued-jobs = 7
 keep-finished = "12h"
+allow-model = ["mypkg.models:small", "mypkg.models:big"]
 max-message-mb = 64
 compression = "zstd"
 link-mbit = 100.0
@@ -176,6 +177,7 @@ def test_every_head_setting_from_the_file(tmp_path, head_started):
         5, 2, False, 0.5, 2.0)
     assert (got.max_queued_jobs_per_client, got.limits.max_message_bytes, got.compression) == (7, 64 << 20, "zstd")
     assert got.link_mbit == 100.0 and got.local_data is False and got.keep_finished == 12 * 3600
+    assert got.allow_models == ("mypkg.models:small", "mypkg.models:big")
     assert (got.allow_any_key, got.http_port, got.http_host, got.insecure) == (True, 0, "0.0.0.0", True)
 
 

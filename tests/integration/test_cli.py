@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -153,3 +154,213 @@ def test_cli_filemean_over_a_directory_of_files(shared_cluster, tmp_path):
     out = run("user-client", "--insecure", "--head", str(shared_cluster.address), "submit", "filemean",
               "--input", str(tmp_path / "nothing-here" / "*.npy"), "--wait")
     assert out.returncode != 0 and out.stderr.strip()
+
+
+# -- bad input: one clear error line, no traceback, nothing changed -------------------------------------------------
+
+NO_HEAD = ["--insecure", "--head", "tcp://127.0.0.1:1", "--timeout", "0.1"]  # nothing listens on port 1
+
+
+def refused(out: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert out.returncode == code, out.stdout + out.stderr
+    assert text in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "Aborted!" not in out.stderr, out.stderr
+
+
+@pytest.fixture
+def npy(tmp_path):
+    np.save(tmp_path / "A.npy", np.ones((4, 4)))
+    return tmp_path / "A.npy"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "file is empty"),
+    (b"1.0\n2.0\n", "not a .npy file"),
+    (None, "it is an .npz archive"),
+])
+def test_an_input_that_is_not_one_npy_array_is_named(tmp_path, npy, content, reason):
+    bad = tmp_path / "bad.npy"
+    if content is None:
+        np.savez(bad, a=np.ones(2))
+        bad = tmp_path / "bad.npy.npz"
+    else:
+        bad.write_bytes(content)
+    out = run("user-client", *NO_HEAD, "submit", "matmul", "--a", str(bad), "--b", str(npy))
+    refused(out, 1, f"cannot read {bad}: {reason}")
+    assert "allow_pickle" not in out.stderr
+    refused(run("user-client", *NO_HEAD, "submit", "matmul", "--a", "/dev/null", "--b", str(npy)), 1,
+            "cannot read /dev/null: file is empty")
+
+
+def test_priority_is_bounded(npy):
+    out = run("user-client", *NO_HEAD, "submit", "matmul", "--a", str(npy), "--b", str(npy),
+              "--priority", "99999999999999999999")
+    refused(out, 2, "not in the range -1000<=x<=1000")
+    refused(run("user-client", *NO_HEAD, "submit", "filemean", "--input", str(npy), "--priority", "1001"), 2,
+            "not in the range")
+
+
+@pytest.mark.parametrize("option, value, text", [
+    ("--shards", "100001", "not in the range 1<=x<=100000"),
+    ("--sleep", "nan", "'nan' is not a number"),
+    ("--sleep", "inf", "not in the range 0<=x<=3600"),
+    ("--sleep", "3601", "not in the range 0<=x<=3600"),
+])
+def test_noop_values_the_head_cannot_run_are_refused_here(option, value, text):
+    refused(run("user-client", *NO_HEAD, "submit", "noop", option, value), 2, text)
+
+
+def test_a_join_that_is_not_one_is_named(tmp_path, npy):
+    refused(run("user-client", "--join", f"@{npy}", "jobs"), 1, f"the file {npy} does not hold a join string")
+    out = run("provider", "start", "--join", f"@{npy}", "--data-dir", str(tmp_path / "p"))
+    refused(out, 2, f"the file {npy} does not hold a join string")
+    assert not (tmp_path / "p").exists()
+    out = run("user-client", "--join", "", "jobs", env={"ZCOMPUTE_JOIN": ""})
+    refused(out, 1, "no credentials: pass --join STRING")
+    assert "join=" not in out.stderr and "insecure=True" not in out.stderr
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("")
+    for command in (["head-node", "start"], ["provider", "start"]):
+        refused(run(*command, "--insecure", "--data-dir", str(tmp_path / "f")), 2, "is a file")
+
+
+def test_a_provider_name_too_long_for_the_head_is_refused_first(shared_cluster, tmp_path):
+    out = run("provider", "start", "--insecure", "--head", str(shared_cluster.address), "--name", "x" * 129,
+              "--data-dir", str(tmp_path / "p"))
+    refused(out, 2, "129 characters, at most 128")
+
+
+def test_provider_help_says_where_the_default_name_comes_from():
+    out = run("provider", "start", "--help")
+    assert "join string was invited with" in " ".join(out.stdout.split())
+
+
+def test_provider_with_an_expired_token_says_so_in_one_line(make_cluster, tmp_path):
+    cluster = make_cluster(0, insecure=False)
+    join = cluster.invite("provider", "late", ttl=0.01)
+    out = run("provider", "start", "--join", join, "--data-dir", str(tmp_path / "p"), "--log-level", "error")
+    refused(out, 1, "Error: token expired")
+
+
+def test_ttl_is_bounded_and_peers_shows_a_far_expiry(tmp_path):
+    data = ["--data-dir", str(tmp_path / "head")]
+    assert run("head-node", "init", *data).returncode == 0
+    peers_file = tmp_path / "head" / "peers.json"
+    before = peers_file.read_text()
+    refused(run("head-node", "invite", *data, "--role", "client", "--name", "forever", "--ttl", "99999999d"), 2,
+            "'99999999d' is more than 10 years (3650d)")
+    assert peers_file.read_text() == before
+    assert run("head-node", "invite", *data, "--role", "client", "--name", "forever", "--ttl", "3650d").returncode == 0
+    peers = json.loads(peers_file.read_text())
+    for p in peers.values():
+        if p["name"] == "forever":  # as an invite --ttl 99999999d wrote it before the bound
+            p["exp"] = p["issued"] + 99999999 * 86400
+    peers_file.write_text(json.dumps(peers))
+    out = run("head-node", "peers", *data)
+    assert out.returncode == 0, out.stderr
+    assert "never" in next(line for line in out.stdout.splitlines() if line.startswith("forever"))
+
+
+def test_demo_checks_the_split_before_starting_a_cluster():
+    out = run("user-client", "demo", "--splits", "abc", "--size", "8", "--insecure")
+    refused(out, 1, "splits 'abc' is not 'auto', N or RxC")
+    assert "starting a local cluster" not in out.stdout
+
+
+def test_operations_guide_knows_old_jobs_are_deleted():
+    guide = (Path(__file__).parents[2] / "docs" / "OPERATIONS.md").read_text()
+    not_there_yet = guide.split("## 10. Not there yet")[1].split("## 11.")[0]
+    assert "prune" not in not_there_yet and "--keep-finished" in not_there_yet
+
+
+# -- --out: checked before any work, written under exactly its name -------------------------------------------------
+
+
+def job_count(cluster) -> int:
+    with cluster.client() as c:
+        return len(c.jobs())
+
+
+def test_out_is_checked_before_the_job_is_submitted_or_fetched(shared_cluster, tmp_path, npy):
+    head = ["--insecure", "--head", str(shared_cluster.address)]
+    before = job_count(shared_cluster)
+    for out in (str(tmp_path / "missing" / "C.npy"), ""):
+        refused(run("user-client", *head, "submit", "matmul", "--a", str(npy), "--b", str(npy), "--out", out), 2,
+                "does not exist" if out else "the file name is empty")
+        refused(run("user-client", *head, "result", "any-job", "--out", out), 2,
+                "does not exist" if out else "the file name is empty")
+    assert job_count(shared_cluster) == before
+
+
+def test_out_is_written_under_exactly_its_name(shared_cluster, tmp_path, npy):
+    out = run("user-client", "--insecure", "--head", str(shared_cluster.address), "submit", "matmul",
+              "--a", str(npy), "--b", str(npy), "--out", str(tmp_path / "C.txt"))
+    assert out.returncode == 0, out.stderr
+    assert f"saved {tmp_path / 'C.txt'}\n" in out.stdout
+    assert not (tmp_path / "C.txt.npy").exists()
+    np.testing.assert_array_equal(np.load(tmp_path / "C.txt"), np.full((4, 4), 4.0))
+
+
+def test_several_outputs_are_one_npz_under_exactly_its_name(tmp_path, capsys):
+    from user_client.cli import _save
+
+    class Finished:
+        def outputs(self):
+            return {"x": np.arange(3), "y": np.ones(2)}
+
+    _save(Finished(), tmp_path / "both.out")
+    assert capsys.readouterr().out == f"saved {tmp_path / 'both.out'} (an .npz archive of x, y)\n"
+    with np.load(tmp_path / "both.out") as saved:
+        np.testing.assert_array_equal(saved["x"], np.arange(3))
+
+
+# -- Ctrl-C stops following a job, not the job ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command, shows_it", [
+    (["watch", "JOB"], "stderr"),
+    (["events", "JOB", "--follow"], "stdout"),
+    (["submit", "noop", "--shards", "1000", "--sleep", "0.2", "--wait"], "stdout"),
+])
+def test_ctrl_c_leaves_the_job_running_and_says_how_to_come_back(shared_cluster, tmp_path, command, shows_it):
+    with shared_cluster.client() as c, open(tmp_path / "stdout", "w") as stdout, \
+            open(tmp_path / "stderr", "w") as stderr:
+        job = c.submit("noop", {"shards": 1000, "sleep": 0.2})
+        proc = subprocess.Popen([str(BIN / "user-client"), "--insecure", "--head", str(shared_cluster.address),
+                                 *[job.id if a == "JOB" else a for a in command]], stdout=stdout, stderr=stderr)
+        try:
+            wait_until(lambda: (tmp_path / shows_it).read_text(), timeout=30)  # it is following the job now
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(15) == 130
+        finally:
+            proc.kill()
+            proc.wait()
+        followed = job.id if command[0] != "submit" else (tmp_path / "stdout").read_text().split()[2]
+        stderr = (tmp_path / "stderr").read_text()
+        assert f"job {followed} keeps running on the head" in stderr and f"user-client watch {followed}" in stderr
+        assert "Aborted!" not in stderr and "Traceback" not in stderr
+        for job_id in {job.id, followed}:
+            assert c.job(job_id).cancel()["status"] == "cancelled"  # it was still running
+
+
+def test_a_data_dir_in_use_is_refused_and_the_running_one_goes_on(shared_cluster):
+    """A second head on a running head's data dir would share its journal and rewrite the token that proves
+    a peer is on this machine; a second provider would share an identity."""
+    head_dir = shared_cluster.data_dir / "head"
+    token = (head_dir / "local-probe").read_text()
+    port = str(free_port_base())
+    out = run("head-node", "start", "--insecure", "--data-dir", str(head_dir), "--port-base", port, "--http-port", "0")
+    refused(out, 1, f"{head_dir} is in use by another head (pid {shared_cluster.head.pid})")
+    out = run("provider", "start", "--insecure", "--head", f"tcp://127.0.0.1:{port}",
+              "--data-dir", str(shared_cluster.data_dir / "provider-0"))
+    refused(out, 1, "is in use by another provider (pid")
+    assert (head_dir / "local-probe").read_text() == token
+    with shared_cluster.client() as c:
+        assert c.matmul(np.eye(3), np.eye(3), splits=(1, 1)).result(timeout=30).trace() == 3
+
+
+def test_a_model_factory_that_is_not_one_is_refused_at_start(tmp_path):
+    refused(run("head-node", "start", "--insecure", "--data-dir", str(tmp_path / "h"), "--allow-model", "os.abort"),
+            1, "--allow-model takes package.module:factory, not 'os.abort'")

@@ -12,13 +12,23 @@ import pytest
 torch = pytest.importorskip("torch", reason="training tests need torch (make test installs torch==2.13.0)")
 
 from common.tasks.torchmodels import build_model  # noqa: E402
+from tests.conftest import FAST  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
 from tests.train_reference import train_single_process  # noqa: E402
-from user_client import ValidationError  # noqa: E402
+from user_client import LocalCluster, ValidationError  # noqa: E402
 from user_client.datasets import load_digits  # noqa: E402
 
 MODEL = "mlp:64,128,10"
+OWN_MODEL = "tests.train_factory:small_mlp"  # a user's own model, which the head's operator allows
 RECIPE = {"epochs": 20, "batch_size": 64, "lr": 0.1, "momentum": 0.9, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def shared_cluster():
+    """This module's 2-provider cluster; its head allows the suite's own model factory."""
+    cluster = LocalCluster(2, insecure=True, log_level="info", head_args=["--allow-model", OWN_MODEL], **FAST).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +133,9 @@ def test_small_cnn_trains(shared_cluster, digits):
     ({"model": "mlp:64,10", "optimizer": "lbfgs"}, "optimizer must be one of"),
     ({"model": "mlp:64,10", "epochs": 0}, "epochs must be"),
     ({"model": "no_such_pkg.models:make"}, "model factory"),
+    ({"model": "os:abort"}, "is not allowed on this head"),  # the head would call it, and stop
+    ({"model": "mlp:64,100000000,10"}, "over the limit"),  # 25.6 GB for the head to allocate
+    ({"model": "mlp:64,0,10"}, "at least 1 unit"),
     ({"model": "mlp:64,10", "learning_rate": 1}, "unknown parameters"),
 ])
 def test_bad_training_requests_are_refused(shared_cluster, digits, params, message):
@@ -131,7 +144,7 @@ def test_bad_training_requests_are_refused(shared_cluster, digits, params, messa
         before = c.jobs()
         with pytest.raises(ValidationError, match=message):
             c.submit("train", params, {"x": x, "y": y})
-        assert c.jobs() == before
+        assert c.jobs() == before  # and the head is still there to say so
 
 
 @pytest.fixture
@@ -184,7 +197,7 @@ def test_cli_train_prints_rounds_and_saves_a_loadable_state_dict(shared_cluster,
 
 def test_a_model_from_the_users_own_package(shared_cluster, digits):
     with shared_cluster.client() as c:
-        job = c.train("tests.train_factory:small_mlp", digits, epochs=5, batch_size=64, lr=0.1, momentum=0.9)
+        job = c.train(OWN_MODEL, digits, epochs=5, batch_size=64, lr=0.1, momentum=0.9)
         job.wait(timeout=120)
         state = job.result()
         assert final_accuracy(job) >= 0.85
