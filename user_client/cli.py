@@ -178,7 +178,8 @@ def submit_noop(ctx, shards, sleep, wait):
 
 @cli.command(epilog="Example: user-client train --model mlp:64,128,10 --data digits --epochs 20 --batch-size 64 "
                     "--lr 0.05 --wait --out model.pt")
-@click.option("--model", required=True, help="mlp:IN,HIDDEN...,OUT, cnn:HxW,CLASSES, or package.module:factory.")
+@click.option("--model", required=True, help="mlp:IN,HIDDEN...,OUT, cnn:HxW,CLASSES, or package.module:factory "
+                                                 "(one the head's operator allows).")
 @click.option("--data", default="digits", show_default=True,
               help="digits, a .npz with X and y, an MNIST directory, or IMAGES,LABELS IDX files.")
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=10, show_default=True)
