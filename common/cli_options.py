@@ -13,6 +13,7 @@ import click
 from common.config import ENV_PREFIX
 from common.errors import ZComputeError
 from common.logs import LEVELS
+from common.protocol import PRIORITIES
 
 
 def env(name: str) -> str:
@@ -64,9 +65,8 @@ insecure = click.option("--insecure", is_flag=True, envvar=env("INSECURE"),
 heartbeat_interval = click.option("--heartbeat-interval", type=Number(0.01, 600), default=1.0,
                                   envvar=env("HEARTBEAT_INTERVAL"), show_default=True,
                                   help="Seconds between provider heartbeats.")
-# the head has no bound of its own: this one turns a typo into a clear error, not a msgpack overflow
-priority = click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True,
-                        help="Higher runs first.")
+priority = click.option("--priority", type=click.IntRange(PRIORITIES.start, PRIORITIES.stop - 1), default=0,
+                        show_default=True, help="Higher runs first.")
 
 
 

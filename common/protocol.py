@@ -241,8 +241,11 @@ class Submit(Message):
     type = MsgType.SUBMIT
     task_type: str
     params: dict
-    priority: int = 0
+    priority: int = 0  # PRIORITIES: higher runs first
     local_arrays: dict = field(default_factory=dict)  # name -> file the client wrote in the head's uploads
+
+
+PRIORITIES = range(-1000, 1001)
 
 
 @dataclass(kw_only=True)

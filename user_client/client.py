@@ -14,7 +14,7 @@ import zmq
 
 from common import localdata, protocol
 from common.config import DEFAULT_PORT_BASE, HeadAddress, env_default
-from common.errors import ConfigError, JobCancelled, JobFailed, TransportError, ZComputeError
+from common.errors import ConfigError, JobCancelled, JobFailed, TransportError, ValidationError, ZComputeError
 from common.logs import get_logger
 from common.reqclient import ReqChannel
 from common.security import Join
@@ -103,6 +103,9 @@ class Client:
     def submit(self, task_type: str, params: dict[str, Any] | None = None,
                arrays: dict[str, np.ndarray] | None = None, priority: int = 0) -> "JobHandle":
         """Submit any task type; returns at once with a handle."""
+        if not isinstance(priority, int) or priority not in protocol.PRIORITIES:  # (a huge one would not even encode)
+            raise ValidationError(f"priority must be an integer from {protocol.PRIORITIES.start} to "
+                                  f"{protocol.PRIORITIES.stop - 1}, not {priority!r}")
         arrays = dict(arrays or {})
         msg = protocol.Submit(task_type=task_type, params=params or {}, priority=priority, arrays=arrays)
         local = self.local_files() if sum(_nbytes(a) for a in arrays.values()) >= LOCAL_MIN_BYTES else None
@@ -203,9 +206,17 @@ class Client:
 def _write_uploads(pool: ThreadPoolExecutor, local: localdata.LocalFiles,
                    arrays: dict[str, np.ndarray]) -> dict[str, str]:
     """Each array into the head's uploads directory, several at once (a copy into the page cache each, and
-    numpy writes without the GIL); if one fails, none is left behind."""
+    numpy writes without the GIL); if one fails, or the wait is interrupted (Ctrl-C), none is left behind."""
     futures = {name: pool.submit(localdata.write_upload, local.root, arr) for name, arr in arrays.items()}
-    wait_all(futures.values())
+    try:
+        wait_all(futures.values())
+    except BaseException:
+        for f in futures.values():
+            f.cancel()
+        wait_all(futures.values())  # a writer cannot be stopped mid-file: let it finish, then remove the file
+        localdata.discard_uploads(local.root, [f.result() for f in futures.values()
+                                               if not f.cancelled() and f.exception() is None])
+        raise
     written = {name: f.result() for name, f in futures.items() if f.exception() is None}
     if len(written) < len(futures):
         localdata.discard_uploads(local.root, written.values())

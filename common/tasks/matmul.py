@@ -80,6 +80,9 @@ class MatmulTask(TaskType):
         extra = set(arrays) - {"a", "b"}
         if extra:
             raise ValidationError(f"matmul takes arrays 'a' and 'b' only, got also {sorted(extra)}")
+        unknown = set(params) - {"splits"}
+        if unknown:
+            raise ValidationError(f"matmul: unknown parameters {sorted(unknown)} (it takes splits)")
         splits = parse_splits(params.get("splits", "auto"))
         if splits != "auto":
             r, c = splits

@@ -16,20 +16,25 @@ from common.errors import TaskError, ValidationError
 from common.tasks.base import JobView, Shard, TaskType
 
 MAX_SHARDS = 1_000_000
+MAX_SLEEP = 3600.0  # seconds: a running shard cannot be interrupted, so a longer one would hold a slot for good
+PARAMS = ("shards", "sleep", "fail", "payload")
 
 
 class NoopTask(TaskType):
     name = "noop"
 
     def validate(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        unknown = set(params) - set(PARAMS)
+        if unknown:
+            raise ValidationError(f"noop: unknown parameters {sorted(unknown)} (it takes {', '.join(PARAMS)})")
         shards = params.get("shards", 1)
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise ValidationError(f"noop: shards must be an integer from 1 to {MAX_SHARDS}")
         sleep = params.get("sleep", 0.0)
         if isinstance(sleep, dict):
-            sleep = {str(k): float(v) for k, v in sleep.items()}
-        elif not isinstance(sleep, (int, float)) or sleep < 0:
-            raise ValidationError("noop: sleep must be seconds >= 0 or a map of shard index to seconds")
+            sleep = {str(k): _seconds(v) for k, v in sleep.items()}
+        else:
+            sleep = _seconds(sleep)
         fail = params.get("fail", [])
         if not isinstance(fail, list) or not all(isinstance(i, int) for i in fail):
             raise ValidationError("noop: fail must be a list of shard indices")
@@ -66,3 +71,10 @@ class NoopTask(TaskType):
 
     def outputs(self, job: JobView) -> dict[str, np.ndarray]:
         return {"done": job.output("done")}
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= MAX_SLEEP):
+        raise ValidationError(f"noop: sleep must be seconds from 0 to {MAX_SLEEP:g} (or a map of shard index to "
+                              f"such seconds), not {value!r}")
+    return float(value)

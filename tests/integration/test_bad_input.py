@@ -101,3 +101,33 @@ def test_unknown_heartbeat_is_told_to_register_again(shared_cluster):
     msg = protocol.Heartbeat(provider_id="stranger", epoch="old", running=[], outbox=[], free_slots=1)
     reply = raw_request(shared_cluster.address.url("heartbeat"), wire.encode(msg))
     assert isinstance(reply, protocol.HeartbeatReply) and reply.known is False
+
+
+@pytest.mark.parametrize("task_type,params,priority,message", [
+    ("noop", {"shards": 1, "sleep": float("nan")}, 0, "sleep must be seconds from 0 to 3600"),
+    ("noop", {"shards": 1, "sleep": float("inf")}, 0, "sleep must be seconds"),
+    ("noop", {"shards": 1, "sleep": 1e308}, 0, "sleep must be seconds"),  # would hold a slot for good
+    ("noop", {"shards": 2, "sleep": {"0": "abc"}}, 0, "sleep must be seconds"),
+    ("noop", {"shards": 3, "bogus": 1}, 0, "noop: unknown parameters ['bogus']"),
+    ("matmul", {"splits": [1, 1], "split": 2}, 0, "matmul: unknown parameters ['split']"),
+    ("noop", {"shards": 1}, 5000, "priority must be from -1000 to 1000"),
+])
+def test_submit_values_a_task_cannot_run_are_refused(shared_cluster, task_type, params, priority, message):
+    """Sent as the head's own protocol (a client of any version): refused with the reason, nothing queued."""
+    arrays = {"a": np.ones((2, 2)), "b": np.ones((2, 2))} if task_type == "matmul" else {}
+    msg = protocol.Submit(task_type=task_type, params=params, priority=priority, arrays=arrays)
+    with shared_cluster.client() as c:
+        before = c.jobs()
+        reply = raw_request(shared_cluster.address.url("api"), wire.encode(msg))
+        assert isinstance(reply, protocol.Error) and reply.code == "invalid", reply
+        assert message in reply.message
+        assert c.jobs() == before
+
+
+def test_the_python_client_refuses_a_priority_the_head_would_not_take(shared_cluster):
+    from user_client import ValidationError
+
+    with shared_cluster.client() as c:
+        for priority in (10**30, 1001, 1.5):  # 10**30 would not even encode
+            with pytest.raises(ValidationError, match="priority must be an integer from -1000 to 1000"):
+                c.submit("noop", {"shards": 1}, priority=priority)

@@ -173,3 +173,21 @@ def test_no_link_probe_when_the_operator_gave_the_link_speed(tmp_path):
     finally:
         node.close()
         codec.set_link_speed(None)  # the head set it for the whole process
+
+
+def test_uploads_a_client_never_submitted_are_removed_by_the_running_head(head, tmp_path):
+    """Not only at start: a client stopped between writing its arrays and submitting them leaves files that
+    the head removes once they are an hour old, from its timer."""
+    import os
+
+    import numpy as np
+
+    from common import localdata
+
+    old, fresh = (localdata.write_upload(tmp_path, np.ones(10)) for _ in range(2))
+    os.utime(tmp_path / localdata.UPLOADS / old, (0, 0))
+    head.tick()
+    assert len(os.listdir(tmp_path / localdata.UPLOADS)) == 2  # not due yet
+    head._next_uploads_check = 0.0
+    head.tick()
+    assert os.listdir(tmp_path / localdata.UPLOADS) == [fresh]

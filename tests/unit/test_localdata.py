@@ -222,6 +222,36 @@ def test_a_failed_upload_leaves_no_file_behind(tmp_path):
     pool.shutdown()
 
 
+def test_an_upload_interrupted_by_ctrl_c_leaves_no_file_behind(tmp_path, monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import wait as real_wait
+
+    from user_client import client
+
+    local = localdata.LocalFiles(tmp_path, localdata.write_probe(tmp_path))
+    writing, real_write = threading.Barrier(3, timeout=10), localdata.write_upload
+
+    def slow_write(root, arr):  # both writers are mid-file when the user presses Ctrl-C
+        writing.wait()
+        time.sleep(0.2)
+        return real_write(root, arr)
+
+    def interrupted_once(futures, **kw):
+        monkeypatch.setattr(client, "wait_all", real_wait)
+        writing.wait()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client.localdata, "write_upload", slow_write)
+    monkeypatch.setattr(client, "wait_all", interrupted_once)
+    pool = ThreadPoolExecutor(2)
+    with pytest.raises(KeyboardInterrupt):
+        client._write_uploads(pool, local, {"a": np.ones(1000), "b": np.ones(1000)})
+    pool.shutdown()  # (the writers are done in any case)
+    assert os.listdir(tmp_path / localdata.UPLOADS) == []  # both finished their file, and both files went
+
+
 def test_uploads_never_submitted_are_cleaned_once_old(tmp_path):
     localdata.write_probe(tmp_path)
     old, new = (localdata.write_upload(tmp_path, np.ones(3)) for _ in range(2))
