@@ -188,7 +188,9 @@ def _int_param(query: dict[str, list[str]], name: str, default: int, low: int, h
         value = int(raw)
     except ValueError:
         raise HttpError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer, not {raw!r}") from None
-    return max(low, min(high, value))
+    if value < low:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"{name} must be at least {low}, not {value}")
+    return min(high, value)  # a larger page is served in pages of the largest size
 
 
 def _url_host(host: str) -> str:

@@ -134,3 +134,20 @@ def test_labels_stay_bounded_with_many_providers_and_task_types():
     assert len(types) == MAX_LABEL_VALUES + 1
     assert value(families, "zcompute_tasks_completed_total") == MAX_LABEL_VALUES + 30
     assert value(families, "zcompute_job_latency_seconds_count") == MAX_LABEL_VALUES + 30
+
+
+def test_the_events_endpoint_refuses_a_page_it_cannot_mean(cluster):
+    import urllib.error
+
+    with cluster.client() as c:
+        job = c.submit("noop", {"shards": 2})
+        job.wait(timeout=30)
+    base = f"{cluster.url}/api/jobs/{job.id}/events"
+    for query, message in (("limit=0", "limit must be at least 1"), ("limit=-5", "limit must be at least 1"),
+                           ("offset=-1", "offset must be at least 0"), ("limit=x", "limit must be an integer")):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}?{query}", timeout=5)
+        assert e.value.code == 400 and message in e.value.read().decode(), query
+    with urllib.request.urlopen(f"{base}?limit=20000&offset=1", timeout=5) as response:  # capped, not refused
+        page = json.loads(response.read())
+    assert len(page["events"]) >= 4 and page["next_offset"] == 1 + len(page["events"])
