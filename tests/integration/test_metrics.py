@@ -143,6 +143,14 @@ def test_the_events_endpoint_refuses_a_page_it_cannot_mean(cluster):
         job = c.submit("noop", {"shards": 2})
         job.wait(timeout=30)
     base = f"{cluster.url}/api/jobs/{job.id}/events"
+
+    def listed() -> bool:  # in the dashboard's snapshot, refreshed every half second
+        try:
+            return urllib.request.urlopen(base, timeout=5).status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    wait_until(listed, timeout=10)
     for query, message in (("limit=0", "limit must be at least 1"), ("limit=-5", "limit must be at least 1"),
                            ("offset=-1", "offset must be at least 0"), ("limit=x", "limit must be an integer")):
         with pytest.raises(urllib.error.HTTPError) as e:
