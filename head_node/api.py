@@ -198,6 +198,7 @@ class ClientApi:
                                               priority=msg.priority, affinity=job.affinity(indices)), assign=False))
         head.serve_heartbeats()  # (one may already lease some of the shards)
         head.apply(head.sched.assign(time.monotonic()))
+        head.flush()  # the shards go out before the answer: they are what the job waits for
         return protocol.Submitted(job_id=job_id)
 
     def _on_status(self, msg: protocol.Status, principal: "Principal") -> protocol.Message | Held:
