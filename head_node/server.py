@@ -177,7 +177,8 @@ class HeadNode(JobActions):
         self.counters["bytes_sent"] += self.outbox.put(msg, topic=self.providers.topic(provider_id))
 
     def flush(self) -> None:
-        self.counters["bytes_sent"] += self.outbox.flush()
+        if self.outbox is not None:  # (a head not bound yet: nothing is held)
+            self.counters["bytes_sent"] += self.outbox.flush()
 
     def _publish_failed(self, topic: str | None, count: int, error: TransportError) -> None:
         # PUB drops at the high-water mark; the ack timeout re-publishes
