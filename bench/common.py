@@ -32,7 +32,8 @@ def blas_info() -> str:
     libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     if not libs:
         return "unknown"
-    lib = libs[0]
+    # numpy's own (what np.matmul calls), not whichever was loaded first: scipy brings another OpenBLAS
+    lib = next((i for i in libs if "numpy" in str(i.get("filepath", ""))), libs[0])
     return f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')})"
 
 
