@@ -17,6 +17,9 @@ from common.logs import get_logger
 from common.sockets import CurveKeys, make_socket, recv_frames, send
 
 log = get_logger(__name__)
+#: a request retried until it is answered (a provider registering) says so at its first timeout and then
+#: every this many (a minute at the usual 5 s): a wrong head address must not look like a hang
+WARN_EVERY = 12
 _DEFAULT = object()
 
 
@@ -63,7 +66,11 @@ class ReqChannel:
                 return reply
             self._reset()  # a REQ socket that missed its reply is stuck: reopen it
             attempt += 1
-            log.debug("request.retry", url=self.url, type=msg.type.value, attempt=attempt)
+            if retries is None and attempt % WARN_EVERY == 1:
+                log.warning("request.no_reply", url=self.url, type=msg.type.value, tries=attempt,
+                            detail="still trying: is the head running there, and is the address right?")
+            else:
+                log.debug("request.retry", url=self.url, type=msg.type.value, attempt=attempt)
             if retries is not None and attempt > retries:
                 break
         raise HeadUnreachable(f"no reply from {self.url} to {msg.type.value} after {attempt} tries of {timeout:g}s")
