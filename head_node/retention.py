@@ -26,6 +26,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from common import localdata
 from common.errors import RequestError, ValidationError
 from head_node.metrics import count_latency
 
@@ -37,6 +38,9 @@ DELETED_PREFIX = ".deleted-"
 SWEEP_SECONDS = 60.0  # how often finished jobs are checked against keep_finished (less when it is short)
 REMEMBERED_DELETIONS = 10_000  # deleted job ids kept to explain a later request for one
 SWEEP_BUDGET = 0.02  # seconds of one tick the sweep may take; the rest of a backlog waits for the next tick
+#: how often the uploads a client wrote and never submitted (it crashed, or was stopped) are looked for, from the
+#: first tick on; those an hour old go (common/localdata.clean_uploads)
+UPLOADS_SECONDS = 600.0
 
 
 class Retention:
@@ -48,6 +52,7 @@ class Retention:
         self._period = min(SWEEP_SECONDS, max(0.2, keep / 4)) if keep > 0 else 0.0
         self._keep = _ago(keep)  # as the reason of an expiry says it
         self._next = 0.0
+        self._next_uploads = 0.0
         self._retry_after: dict[str, float] = {}  # job_id -> when the sweep tries it again after a failure
         self._removals: queue.Queue[Path | None] = queue.Queue()
         self._remover: threading.Thread | None = None
@@ -161,7 +166,8 @@ class Retention:
 
     def sweep(self, now: float) -> None:
         """Delete jobs finished more than ``keep_finished`` seconds ago: at most every ``_period``, and for at
-        most ``SWEEP_BUDGET`` per call (a backlog goes on at the next tick)."""
+        most ``SWEEP_BUDGET`` per call (a backlog goes on at the next tick); and stale uploads."""
+        self._sweep_uploads(now)
         if not self._period or now < self._next:
             return
         until, held = time.monotonic() + SWEEP_BUDGET, self.head.commit.held_jobs()
@@ -177,6 +183,15 @@ class Retention:
                 self.log.error("job.delete_failed", job_id=job.job_id, error=str(e))
             self.head.serve_heartbeats()
         self._next = now + self._period
+
+
+    def _sweep_uploads(self, now: float) -> None:
+        if not self.head.config.local_data or now < self._next_uploads:
+            return
+        self._next_uploads = now + UPLOADS_SECONDS
+        removed = localdata.clean_uploads(self.head.config.data_dir)
+        if removed:
+            self.log.info("head.uploads_removed", files=removed, reason="written by a client that never submitted them")
 
 
 def _ago(seconds: float) -> str:

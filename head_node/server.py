@@ -45,9 +45,6 @@ SNAPSHOT_SECONDS = 0.5  # how fresh the dashboard's view is
 #: merged shards are journaled (outputs flushed, then one transaction) at least this often; also before
 #: a heartbeat's results are acknowledged, a round ends or a job finishes
 COMMIT_SECONDS = 0.2
-#: how often uploads a client wrote and never submitted (it crashed, or was stopped) are looked for; those an hour
-#: old go (common/localdata.clean_uploads)
-UPLOADS_CHECK_SECONDS = 600.0
 #: counters reported from the start, at 0, so a reader never meets a missing key
 COUNTERS = (
     "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "jobs_deleted", "tasks_accepted",
@@ -108,14 +105,12 @@ class HeadNode(JobActions):
         self._http = None
         self._next_snapshot = 0.0
         self._next_commit = 0.0
-        self._next_uploads_check = time.monotonic() + UPLOADS_CHECK_SECONDS
         self._local_offer: dict[str, str] = {}  # what registered/stats_reply tell a peer on this machine
         self._local_proof = ""  # what such a peer answers
         if config.local_data:
             token = localdata.write_probe(config.data_dir)
             self._local_offer = {"local_dir": str(config.data_dir.resolve()), "local_check": localdata.check_of(token)}
             self._local_proof = localdata.proof_of(token)
-            localdata.clean_uploads(config.data_dir)
         self.keystore = KeyStore(config.data_dir)
         if not config.insecure and not self.keystore.initialized:
             self.keystore.init(default_advertise(config))
@@ -301,11 +296,6 @@ class HeadNode(JobActions):
             self.commit.start()
             between()
         self.events.flush()
-        if self.config.local_data and now >= self._next_uploads_check:
-            self._next_uploads_check = now + UPLOADS_CHECK_SECONDS
-            removed = localdata.clean_uploads(self.config.data_dir)
-            if removed:
-                self.log.info("head.uploads_removed", files=removed, reason="written by a client that never submitted them")
         if self.config.http_port and now >= self._next_snapshot:
             self._next_snapshot = now + SNAPSHOT_SECONDS
             self.refresh_snapshot()

@@ -12,9 +12,11 @@ from __future__ import annotations
 import abc
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Iterable, Protocol
 
 import numpy as np
+
+from common.errors import ValidationError
 
 
 @dataclass
@@ -114,3 +116,11 @@ class TaskType(abc.ABC):
 def writes_into(task: TaskType) -> bool:
     """Whether ``task.compute`` takes ``out`` (see ``TaskType.compute``)."""
     return "out" in inspect.signature(task.compute).parameters
+
+
+def check_params(task: str, params: dict[str, Any], allowed: Iterable[str]) -> None:
+    """Refuse parameters ``task`` does not take: a misspelt one would otherwise be ignored without a word."""
+    allowed = list(allowed)
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise ValidationError(f"{task}: unknown parameters {sorted(unknown)}; it takes {', '.join(allowed)}")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import TaskError, ValidationError
-from common.tasks.base import JobView, Shard, TaskType
+from common.tasks.base import JobView, Shard, TaskType, check_params
 from common.tasks.numberfiles import read_numbers, sum_files, sum_rows, write_partial
 
 MAX_FANIN = 10_000
@@ -105,9 +105,7 @@ class FileMeanTask(TaskType):
     name = "filemean"
 
     def validate(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-        unknown = set(params) - set(PARAMS)
-        if unknown:
-            raise ValidationError(f"filemean: unknown parameters {sorted(unknown)}; it takes {list(PARAMS)}")
+        check_params(self.name, params, PARAMS)
         fanin = params.get("fanin", 8)
         if not isinstance(fanin, int) or isinstance(fanin, bool) or not 2 <= fanin <= MAX_FANIN:
             raise ValidationError(f"filemean: fanin must be an integer from 2 to {MAX_FANIN}, got {fanin!r}")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ValidationError
-from common.tasks.base import JobView, Shard, TaskType
+from common.tasks.base import JobView, Shard, TaskType, check_params
 
 #: ``auto`` makes this many row shards per ready slot
 AUTO_SHARDS_PER_SLOT = 2
@@ -80,9 +80,7 @@ class MatmulTask(TaskType):
         extra = set(arrays) - {"a", "b"}
         if extra:
             raise ValidationError(f"matmul takes arrays 'a' and 'b' only, got also {sorted(extra)}")
-        unknown = set(params) - {"splits"}
-        if unknown:
-            raise ValidationError(f"matmul: unknown parameters {sorted(unknown)} (it takes splits)")
+        check_params(self.name, params, ["splits"])
         splits = parse_splits(params.get("splits", "auto"))
         if splits != "auto":
             r, c = splits

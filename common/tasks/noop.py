@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import TaskError, ValidationError
-from common.tasks.base import JobView, Shard, TaskType
+from common.tasks.base import JobView, Shard, TaskType, check_params
 
 MAX_SHARDS = 1_000_000
 MAX_SLEEP = 3600.0  # seconds: a running shard cannot be interrupted, so a longer one would hold a slot for good
@@ -24,9 +24,7 @@ class NoopTask(TaskType):
     name = "noop"
 
     def validate(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-        unknown = set(params) - set(PARAMS)
-        if unknown:
-            raise ValidationError(f"noop: unknown parameters {sorted(unknown)} (it takes {', '.join(PARAMS)})")
+        check_params(self.name, params, PARAMS)
         shards = params.get("shards", 1)
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise ValidationError(f"noop: shards must be an integer from 1 to {MAX_SHARDS}")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ValidationError
-from common.tasks.base import JobView, Shard, TaskType
+from common.tasks.base import JobView, Shard, TaskType, check_params
 from common.tasks.matmul import block_bounds
 from common.tasks.torchmodels import (
     OPTIMIZERS, WIRE_DTYPES, build_model, check_spec, from_wire, get_params, make_optimizer, require_torch,
@@ -72,9 +72,7 @@ class TrainTask(TaskType):
             if value not in allowed:
                 raise ValidationError(f"train: {name} must be one of {', '.join(allowed)}, got {value!r}")
             out[name] = value
-        unknown = set(params) - set(out)
-        if unknown:
-            raise ValidationError(f"train: unknown parameters {sorted(unknown)}")
+        check_params(self.name, params, out)
         x, y = arrays.get("x"), arrays.get("y")
         if x is None or y is None:
             raise ValidationError("train needs arrays 'x' (samples) and 'y' (integer labels)")

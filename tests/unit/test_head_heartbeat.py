@@ -184,10 +184,18 @@ def test_uploads_a_client_never_submitted_are_removed_by_the_running_head(head, 
 
     from common import localdata
 
-    old, fresh = (localdata.write_upload(tmp_path, np.ones(10)) for _ in range(2))
-    os.utime(tmp_path / localdata.UPLOADS / old, (0, 0))
+    def upload(age: float) -> str:
+        name = localdata.write_upload(tmp_path, np.ones(10))
+        os.utime(tmp_path / localdata.UPLOADS / name, (0, 0) if age else None)
+        return name
+
+    upload(age=2 * 3600)
+    fresh = upload(age=0)
+    head.tick()  # the first tick looks (as at start)
+    assert os.listdir(tmp_path / localdata.UPLOADS) == [fresh]
+    upload(age=2 * 3600)  # left behind later
     head.tick()
     assert len(os.listdir(tmp_path / localdata.UPLOADS)) == 2  # not due yet
-    head._next_uploads_check = 0.0
+    head.retention._next_uploads = 0.0  # 10 minutes on
     head.tick()
     assert os.listdir(tmp_path / localdata.UPLOADS) == [fresh]
