@@ -12,7 +12,9 @@ three silent intervals. What it pushes goes through ``common.sockets.Outbox``, f
 pass, so several small messages travel as one batch as the runtime's do.
 
 No threads: one loop serves every provider of the process, waiting on the sockets' ZMQ_FD in epoll
-(a ``zmq.Poller`` over a thousand sockets costs more per wake than the work it finds). The bench steers
+(a ``zmq.Poller`` over a thousand sockets costs more per wake than the work it finds). A pass takes the
+heartbeat replies first and, every ``SLICE_SECONDS`` of its shard work, the replies that came meanwhile and
+the beats now due: a real provider's heartbeats have a thread of their own. The bench steers
 each process over a pipe (``Simulators``: phase names, stop) and gets its figures back at the end:
 heartbeat round trips per phase (from the send to the moment the loop saw the reply), timeouts,
 "unknown" replies (the head had forgotten or buried the provider), shards answered, and the loop's own
@@ -50,6 +52,9 @@ RESEND_AFTER_BEATS = 3  # as the runtime: an unacknowledged result is pushed aga
 ACCEPT_DELAY = 0.02  # as the runtime: a shard finished within this sends its result without an acceptance
 SOCKETS_PER_PROVIDER = 4
 NOOP = NoopTask()
+#: a pass over the sockets serves the heartbeats at least this often: one process stands in for hundreds of
+#: providers, each with a heartbeat thread of its own that shards being computed do not hold up
+SLICE_SECONDS = 0.005
 
 
 class SimProvider:
@@ -126,6 +131,7 @@ class SimProvider:
                                  load=self.fleet.load, computed=self.computed)
         send(self.hb, msg)
         self.hb_sent = time.monotonic()
+        self.fleet.in_flight.add(self)
         self.fleet.check.add(self.hb)
 
     def on_heartbeat_reply(self, msg: protocol.Message, seen: float) -> None:
@@ -133,6 +139,7 @@ class SimProvider:
             return
         self.fleet.record_rtt(seen - self.hb_sent)
         self.hb_sent = None
+        self.fleet.in_flight.discard(self)
         now = time.monotonic()
         self.fleet.schedule_beat(self, now + self.fleet.interval)
         if not isinstance(msg, protocol.HeartbeatReply):
@@ -158,6 +165,7 @@ class SimProvider:
             self.fleet.tally("heartbeat_timeouts")
             self.fleet.close(self.hb)  # the next beat opens a fresh socket
             self.hb, self.hb_sent = None, None
+            self.fleet.in_flight.discard(self)
             self.fleet.schedule_beat(self, now + self.fleet.interval)
 
     # -- tasks -----------------------------------------------------------------------
@@ -243,6 +251,7 @@ class Fleet:
         self.load = 0.0
         self.providers: list[SimProvider] = []
         self.dirty: set[SimProvider] = set()  # providers holding messages to push at the end of this pass
+        self.in_flight: set[SimProvider] = set()  # providers whose beat awaits its reply
 
     # -- sockets ---------------------------------------------------------------------
 
@@ -300,18 +309,21 @@ class Fleet:
             seen = time.monotonic()
             if control and self._command(self.control.recv_bytes()) == "stop":
                 return self._stop()
+            # replies first; then the shards, in slices with the heartbeats' work between them
+            ready.sort(key=lambda sock: self.owner.get(sock, (None, ""))[1] == "sub")
+            slice_end = seen + SLICE_SECONDS
             for sock in ready:
                 self._receive(sock, seen)
+                if time.monotonic() >= slice_end:
+                    self._heartbeats()
+                    slice_end = time.monotonic() + SLICE_SECONDS
             now = time.monotonic()
             while pending and pending[-1] <= now:
                 pending.pop()
                 p = SimProvider(self, f"{self.name}-{len(self.providers)}")
                 self.providers.append(p)
                 p.start_register(now)
-            while self.beats and self.beats[0][0] <= now:
-                when, _, p = heapq.heappop(self.beats)
-                self.lag.setdefault(self.phase, array("f")).append((now - when) * 1000)
-                p.beat(now)
+            self._send_due_beats(now)
             while self.timers and self.timers[0][0] <= now:
                 _, _, p, key, result = heapq.heappop(self.timers)
                 if key in p.running:  # not cancelled meanwhile
@@ -325,6 +337,21 @@ class Fleet:
             for p in self.dirty:
                 p.out.flush()
             self.dirty.clear()
+
+    def _send_due_beats(self, now: float) -> None:
+        while self.beats and self.beats[0][0] <= now:
+            when, _, p = heapq.heappop(self.beats)
+            self.lag.setdefault(self.phase, array("f")).append((now - when) * 1000)
+            p.beat(now)
+
+    def _heartbeats(self) -> None:
+        """In the middle of a pass: take the heartbeat replies that have come and send the beats now due, as
+        each provider's own heartbeat thread would while its shards are computed."""
+        now = time.monotonic()
+        for p in list(self.in_flight):
+            if p.hb is not None and p.hb.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._receive(p.hb, now)
+        self._send_due_beats(now)
 
     def _wait(self, timeout: float) -> tuple[list[zmq.Socket], bool]:
         """Sockets with a message waiting, and whether the parent wrote; waits up to ``timeout`` for either.
