@@ -92,6 +92,10 @@ def start(data_dir, bind_host, port_base, heartbeat_interval, liveness, dead_aft
     from head_node.server import HeadNode
 
     setup_logging(log_level, log_json)
+    if dead_after < 2 * heartbeat_interval:
+        raise click.BadParameter(
+            f"{dead_after:g} s is less than twice --heartbeat-interval ({heartbeat_interval:g} s): a provider would "
+            "be declared dead between two of its heartbeats", param_hint="--dead-after")
     config = HeadConfig(
         data_dir=data_dir.expanduser(), bind_host=bind_host, port_base=port_base, insecure=insecure,
         timing=Timing(heartbeat_interval=heartbeat_interval, liveness=liveness, dead_after=dead_after,

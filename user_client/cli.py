@@ -270,7 +270,9 @@ def watch(ctx, job_id):
     """Follow a job with a live progress bar (shards or rounds, rate, ETA) until it ends."""
     with _client(ctx) as c:
         with _errors():
-            _wait_and_save(c.job(job_id), None, True)
+            job = c.job(job_id)
+            job.status()  # an unknown job is named before a progress bar is drawn
+            _wait_and_save(job, None, True)
 
 
 @cli.command(epilog="Example: user-client cancel 3f2a9c1b7d4e")

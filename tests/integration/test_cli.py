@@ -108,6 +108,9 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
 
         out = run("user-client", "status", "no-such-job", env=cenv)
         assert out.returncode == 1 and "no job 'no-such-job'" in out.stderr
+        out = run("user-client", "watch", "no-such-job", env=cenv)
+        assert out.returncode == 1 and "no job 'no-such-job'" in out.stderr
+        assert "shards" not in out.stderr  # the error alone, no progress bar drawn first
         np.save(tmp_path / "bad.npy", np.ones((3, 3)))
         out = run("user-client", "submit", "matmul", "--a", str(tmp_path / "A.npy"), "--b",
                   str(tmp_path / "bad.npy"), env=cenv)
@@ -126,6 +129,15 @@ def test_separate_head_and_provider_commands_and_the_cli_round_trip(tmp_path):
 def test_a_bad_keep_finished_is_refused_before_the_head_starts(tmp_path):
     out = run("head-node", "start", "--insecure", "--data-dir", str(tmp_path / "head"), "--keep-finished", "-1d")
     assert out.returncode == 2 and "'-1d' is not a duration" in out.stderr
+    assert not (tmp_path / "head").exists()  # nothing was created
+
+
+@pytest.mark.parametrize("interval, dead_after", [("1", "1.5"), ("0.5", "0.9")])
+def test_dead_after_shorter_than_two_heartbeats_is_refused_before_the_head_starts(tmp_path, interval, dead_after):
+    out = run("head-node", "start", "--insecure", "--data-dir", str(tmp_path / "head"),
+              "--heartbeat-interval", interval, "--dead-after", dead_after)
+    assert out.returncode == 2 and "--dead-after" in out.stderr and "twice --heartbeat-interval" in out.stderr
+    assert "Traceback" not in out.stderr
     assert not (tmp_path / "head").exists()  # nothing was created
 
 
