@@ -1,12 +1,15 @@
 """Who may connect and what they may hear, at the socket level (secured heads only).
 
-- Socket monitors count peers that fail the CURVE handshake (no CURVE, a key ZAP refuses).
+- Socket monitors count peers that fail the CURVE handshake (no CURVE, a key ZAP refuses). A peer
+  that hangs up before its handshake is through (a port scan, a load balancer's TCP health check, a
+  client stopped while connecting) offered no credential, so it is counted apart and not as a failure.
 - The task XPUB applies a subscription only under the prefix derived from the subscriber's own
   CURVE key, so no provider can read shards sent to another.
 """
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from typing import Callable
 
@@ -22,6 +25,8 @@ HANDSHAKE_FAILURES_NAMES = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "key_not_admitted",  # ZAP said no
 }
 HANDSHAKE_FAILURES = sum(HANDSHAKE_FAILURES_NAMES)
+#: what libzmq reports (event value) for a connection the peer closed in the middle of the handshake
+HUNG_UP = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
 
 class SocketGuard:
@@ -61,10 +66,15 @@ class SocketGuard:
 
     def on_monitor_event(self, monitor: zmq.Socket, role: str) -> None:
         event = recv_monitor_message(monitor)
+        endpoint = event["endpoint"].decode(errors="replace")
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and event["value"] in HUNG_UP:
+            self.counters["handshakes_abandoned"] += 1
+            self.log.debug("peer.handshake_abandoned", socket=role, endpoint=endpoint)
+            return
         self.counters["auth_failures"] += 1
         self.counters["handshake_failures"] += 1
         self.log.warning("peer.handshake_failed", socket=role, kind=HANDSHAKE_FAILURES_NAMES.get(event["event"]),
-                         endpoint=event["endpoint"].decode(errors="replace"), code=int(event["value"]))
+                         endpoint=endpoint, code=int(event["value"]))
 
     def close(self) -> None:
         """Before the sockets close: stop their monitors."""

@@ -7,12 +7,15 @@ and ``auth_failures``; the ZAP handler: ``zap_denied``) and logs it with the soc
 from __future__ import annotations
 
 import dataclasses
+import socket
+import time
 
 import numpy as np
 import pytest
 import zmq
 
 from common import protocol, wire
+from common.config import SOCKET_ROLES
 from common.errors import HeadUnreachable
 from common.security import new_keypair
 from tests.helpers import wait_until
@@ -76,6 +79,35 @@ def test_plain_sockets_get_nothing_on_any_inbound_socket(cluster, admin, raw):
     assert delta(before, after, "auth_failures") >= len(INBOUND)
     assert delta(before, after, "rejected_bad_result", "rejected_bad_message") == 0  # nothing reached the head
     wait_until(lambda: _handshake_failures_logged(cluster, *NO_CURVE) >= set(INBOUND), 10)
+
+
+def _settled_counters(admin, quiet: float = 1.0) -> dict:
+    """The head's counters once its failure counts have stopped moving (monitor events of an earlier test's
+    sockets arrive asynchronously)."""
+    last = admin.stats()
+    while True:
+        time.sleep(quiet)
+        now = admin.stats()
+        if delta(last, now, "auth_failures", "handshake_failures", "handshakes_abandoned") == 0:
+            return now
+        last = now
+
+
+def test_a_peer_hanging_up_mid_handshake_is_not_an_auth_failure(cluster, admin):
+    """A port scan or a load balancer's TCP health check offers no credential: it is counted apart
+    (``handshakes_abandoned``, logged at debug), not as a failed handshake or an auth failure."""
+    before = _settled_counters(admin)
+    host = cluster.address.host
+    for role in SOCKET_ROLES:
+        with socket.create_connection((host, cluster.address.port(role)), timeout=5):
+            pass  # connect, close
+        with socket.create_connection((host, cluster.address.port(role)), timeout=5) as s:
+            s.sendall(b"\xff" + bytes(8) + b"\x01\x7f\x03")  # the start of a ZMTP greeting, then gone
+            time.sleep(0.05)
+    after = wait_counted(admin, before, "handshakes_abandoned", 2 * len(SOCKET_ROLES))
+    after = _settled_counters(admin, quiet=0.5)
+    assert delta(before, after, "handshake_failures", "auth_failures") == 0
+    assert delta(before, after, "rejected_bad_result", "rejected_bad_message") == 0
 
 
 def test_unadmitted_curve_key_gets_nothing_and_zap_counts_it(cluster, admin):
