@@ -11,9 +11,11 @@ import itertools
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+
+from common.errors import ValidationError
 
 
 class MsgType(str, enum.Enum):
@@ -246,6 +248,14 @@ class Submit(Message):
 
 
 PRIORITIES = range(-1000, 1001)
+MAX_PROVIDER_NAME = 128  # characters of a Register's name
+
+
+def check_priority(priority: Any) -> None:
+    """A submit's priority, as the head and the client both check it (a huge one would not even encode)."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
+        raise ValidationError(f"priority must be an integer from {PRIORITIES.start} to {PRIORITIES.stop - 1}, "
+                              f"not {priority!r}")
 
 
 @dataclass(kw_only=True)

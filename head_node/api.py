@@ -142,9 +142,7 @@ class ClientApi:
         task = head.tasks.get(msg.task_type)
         if task is None:
             raise ValidationError(f"unknown task type {msg.task_type!r}; this head knows {sorted(head.tasks)}")
-        if msg.priority not in protocol.PRIORITIES:
-            raise ValidationError(f"priority must be from {protocol.PRIORITIES.start} to {protocol.PRIORITIES.stop - 1}, "
-                                  f"not {msg.priority}")
+        protocol.check_priority(msg.priority)
         owner = principal.name
         waiting = sum(1 for j in head.jobs.values() if j.owner == owner and not j.finished)
         if waiting >= head.config.max_queued_jobs_per_client:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.protocol import Register
+from common.protocol import MAX_PROVIDER_NAME, Register
 
 
 @dataclass
@@ -78,6 +78,6 @@ def check_register(msg: Register) -> str | None:
             isinstance(d, dict) and isinstance(d.get("kind"), str) and isinstance(d.get("name"), str)
             and isinstance(d.get("memory_bytes", 0), int) for d in msg.devices):
         return "devices must be at most 64 maps with string 'kind' and 'name' and integer 'memory_bytes'"
-    if len(msg.name) > 128 or len(msg.platform) > 64 or len(msg.task_types) > 256:
+    if len(msg.name) > MAX_PROVIDER_NAME or len(msg.platform) > 64 or len(msg.task_types) > 256:
         return "name, platform or task_types is too long"
     return None

@@ -184,7 +184,6 @@ class Retention:
             self.head.serve_heartbeats()
         self._next = now + self._period
 
-
     def _sweep_uploads(self, now: float) -> None:
         if not self.head.config.local_data or now < self._next_uploads:
             return

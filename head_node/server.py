@@ -49,8 +49,8 @@ COMMIT_SECONDS = 0.2
 COUNTERS = (
     "jobs_submitted", "jobs_succeeded", "jobs_failed", "jobs_cancelled", "jobs_deleted", "tasks_accepted",
     "task_failures", "reassignments", "speculative_launches", "results_fenced", "providers_dead", "publish_dropped",
-    "auth_failures", "handshake_failures", "handshakes_abandoned", "rejected_bad_message", "rejected_bad_result", "rejected_auth",
-    "internal_errors", "cached_arrays_reused", "shards_dropped", "bytes_sent", "bytes_received",
+    "auth_failures", "handshake_failures", "handshakes_abandoned", "rejected_bad_message", "rejected_bad_result",
+    "rejected_auth", "internal_errors", "cached_arrays_reused", "shards_dropped", "bytes_sent", "bytes_received",
     "subscriptions_refused", "batches_received", "local_arrays_sent", "local_arrays_written", "local_uploads",
     "local_fetches",
 )

@@ -13,6 +13,7 @@ import numpy as np
 from common import cli_options as opt
 from common.config import HeadConfig
 from common.errors import ConfigError, JobCancelled, JobFailed, ZComputeError
+from common.tasks.noop import MAX_SLEEP
 from common.logs import setup_logging
 from user_client.client import DEFAULT_HEAD, Client, JobHandle
 from user_client.cli_filemean import filemean_command
@@ -163,7 +164,7 @@ def submit_matmul(ctx, a_path, b_path, splits, priority, wait, out):
 
 @submit.command("noop", epilog="Example: user-client submit noop --shards 1000 --wait")
 @click.option("--shards", type=click.IntRange(1, HeadConfig.max_shards_per_job), default=10, show_default=True)
-@click.option("--sleep", type=opt.Number(0, 3600), default=0.0, show_default=True, help="Seconds per shard.")
+@click.option("--sleep", type=opt.Number(0, MAX_SLEEP), default=0.0, show_default=True, help="Seconds per shard.")
 @click.option("--wait/--no-wait", default=False)
 @click.pass_context
 def submit_noop(ctx, shards, sleep, wait):

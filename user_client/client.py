@@ -14,7 +14,7 @@ import zmq
 
 from common import localdata, protocol
 from common.config import DEFAULT_PORT_BASE, HeadAddress, env_default
-from common.errors import ConfigError, JobCancelled, JobFailed, TransportError, ValidationError, ZComputeError
+from common.errors import ConfigError, JobCancelled, JobFailed, TransportError, ZComputeError
 from common.logs import get_logger
 from common.reqclient import ReqChannel
 from common.security import Join
@@ -103,9 +103,7 @@ class Client:
     def submit(self, task_type: str, params: dict[str, Any] | None = None,
                arrays: dict[str, np.ndarray] | None = None, priority: int = 0) -> "JobHandle":
         """Submit any task type; returns at once with a handle."""
-        if not isinstance(priority, int) or priority not in protocol.PRIORITIES:  # (a huge one would not even encode)
-            raise ValidationError(f"priority must be an integer from {protocol.PRIORITIES.start} to "
-                                  f"{protocol.PRIORITIES.stop - 1}, not {priority!r}")
+        protocol.check_priority(priority)
         arrays = dict(arrays or {})
         msg = protocol.Submit(task_type=task_type, params=params or {}, priority=priority, arrays=arrays)
         local = self.local_files() if sum(_nbytes(a) for a in arrays.values()) >= LOCAL_MIN_BYTES else None

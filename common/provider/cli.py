@@ -18,9 +18,8 @@ from common.config import DEFAULT_DATA_DIR, HeadAddress, ProviderConfig, Timing
 from common.errors import ConfigError
 from common.lifecycle import DataDirLock, watch_parent
 from common.logs import get_logger, setup_logging
+from common.protocol import MAX_PROVIDER_NAME
 from common.security import Join, write_secret
-
-MAX_NAME = 128  # as the head's registration check
 
 
 def run_provider(config: ProviderConfig, on_start=None) -> None:
@@ -63,8 +62,8 @@ def resolve_join(given: Join | None, data_dir: Path, insecure: bool) -> Join | N
 
 
 def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if len(value) > MAX_NAME:  # the head would refuse the registration
-        raise click.BadParameter(f"{len(value)} characters, at most {MAX_NAME}", ctx, param)
+    if len(value) > MAX_PROVIDER_NAME:  # the head would refuse the registration
+        raise click.BadParameter(f"{len(value)} characters, at most {MAX_PROVIDER_NAME}", ctx, param)
     return value
 
 
@@ -85,7 +84,7 @@ def make_cli(platform_name: str, default_device: str, on_start=None) -> click.Gr
                   default=DEFAULT_DATA_DIR / "provider", show_default=True,
                   help="Where the provider keeps its id (one data dir per provider process).")
     @click.option("--name", default="", envvar=opt.env("PROVIDER_NAME"), callback=_name,
-                  help=f"Display name, at most {MAX_NAME} characters (default: the name the join string was "
+                  help=f"Display name, at most {MAX_PROVIDER_NAME} characters (default: the name the join string was "
                        "invited with, else the host name and the start of the provider's id).")
     @click.option("--slots", type=click.IntRange(1, 256), default=1, envvar=opt.env("SLOTS"), show_default=True,
                   help="Shards computed at once.")

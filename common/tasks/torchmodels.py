@@ -63,14 +63,15 @@ def allowed_factories() -> set[str]:
 
 def check_spec(spec: Any) -> str:
     """``spec`` if a client may ask for it here: a well-formed built-in of bounded size, or an allowed factory."""
-    if m := _MLP.match(spec) if isinstance(spec, str) else None:
+    text = spec if isinstance(spec, str) else ""  # (anything else matches no form)
+    if m := _MLP.match(text):
         _check_mlp([int(v) for v in m[1].split(",")])
-    elif m := _CNN.match(spec) if isinstance(spec, str) else None:
+    elif m := _CNN.match(text):
         h, w, classes = int(m[1]), int(m[2]), int(m[3])
         if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE and 1 <= classes):
             raise ValidationError(f"model {spec}: image sides must be 1..{MAX_IMAGE_SIDE} and classes at least 1")
         _check_count(spec, 16 * 9 + 16 + 32 * 16 * 9 + 32 + 128 * classes + classes)
-    elif isinstance(spec, str) and _FACTORY.match(spec):
+    elif _FACTORY.match(text):
         if spec not in allowed_factories():
             raise ValidationError(
                 f"model factory {spec!r} is not allowed on this head (its operator allows factories with "

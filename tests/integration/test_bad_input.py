@@ -110,7 +110,7 @@ def test_unknown_heartbeat_is_told_to_register_again(shared_cluster):
     ("noop", {"shards": 2, "sleep": {"0": "abc"}}, 0, "sleep must be seconds"),
     ("noop", {"shards": 3, "bogus": 1}, 0, "noop: unknown parameters ['bogus']"),
     ("matmul", {"splits": [1, 1], "split": 2}, 0, "matmul: unknown parameters ['split']"),
-    ("noop", {"shards": 1}, 5000, "priority must be from -1000 to 1000"),
+    ("noop", {"shards": 1}, 5000, "priority must be an integer from -1000 to 1000"),
 ])
 def test_submit_values_a_task_cannot_run_are_refused(shared_cluster, task_type, params, priority, message):
     """Sent as the head's own protocol (a client of any version): refused with the reason, nothing queued."""
