@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (RESULTS, best_of, clean_blas_env, machine, print_table, save, steal_s,  # noqa: E402
-                          typical)
+from bench.common import (RESULTS, best_of, clean_blas_env, machine, own_environ, print_table, save,  # noqa: E402
+                          steal_s, typical)
 
 
 #: at most this many times numpy with 2 BLAS threads (issue 9, target 1)
@@ -60,9 +60,8 @@ def dask_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int)
     from dask.distributed import Client, LocalCluster
 
     rows, cols = _split_counts(splits)
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update({k: "1" for k in saved})  # the workers' BLAS: one thread each, like the providers
-    try:
+    with own_environ():  # the workers' BLAS: one thread each, like the providers
+        os.environ.update({k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
                 Client(cl) as client:
             out = {}
@@ -74,12 +73,6 @@ def dask_times(inputs: dict[int, tuple], splits: str, workers: int, repeat: int)
                 run()  # warm up
                 out[n] = best_of(run, repeat)
             return out
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _floor_worker(conn, a, b, blocks) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, clean_blas_env, machine  # noqa: E402
+from bench.common import RESULTS, clean_blas_env, machine, own_environ  # noqa: E402
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 Row = dict[str, Any]
@@ -162,7 +162,8 @@ def main() -> None:
         bench_args = module.parser().parse_args(quick if args.quick else [])
         print(f"\n=== {name} {' '.join(quick) if args.quick else ''}", flush=True)
         try:
-            table.extend(summarize(module.run(bench_args)))
+            with own_environ():  # no benchmark's settings reach the next one's processes
+                table.extend(summarize(module.run(bench_args)))
         except Exception as e:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()
             table.append(_target(f"{name}: did not finish ({type(e).__name__}: {e})", float("nan"), "—", False))

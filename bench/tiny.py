@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, clean_blas_env, machine, print_table, save  # noqa: E402
+from bench.common import RESULTS, clean_blas_env, machine, own_environ, print_table, save  # noqa: E402
 
 TARGET_PER_S = 5000
 
@@ -46,7 +46,8 @@ def dask_rate(shards: int, providers: int, repeat: int) -> list[float]:
     from dask.distributed import Client, LocalCluster
 
     rates = []
-    with LocalCluster(n_workers=providers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with own_environ(), \
+            LocalCluster(n_workers=providers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.gather(client.map(_noop, range(200), pure=False))  # warm up
         for _ in range(repeat):
