@@ -28,7 +28,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -124,19 +124,54 @@ def read_probe(local_dir: str, check: str) -> str | None:
     return token if secrets.compare_digest(check_of(token), check) else None
 
 
-def locate(arr: Any, files: dict[str, np.ndarray], root: Path) -> dict[str, Any] | None:
-    """A reference to ``arr`` if it is a view into one of ``files`` (path -> open ``np.memmap``)."""
+@dataclass(frozen=True)
+class Mapped:
+    """An array mapped from a ``.npy`` file under the data directory: the file (relative to the
+    directory), where the array's data starts in it, and the addresses its bytes span here."""
+
+    array: np.ndarray
+    file: str
+    offset: int
+    start: int
+    end: int
+
+    @classmethod
+    def of(cls, arr: np.ndarray, offset: int, file: Path) -> "Mapped":
+        start = arr.__array_interface__["data"][0]
+        return cls(arr, str(file), int(offset), start, start + arr.nbytes)
+
+
+def map_npy(path: Path) -> tuple[np.ndarray, int]:
+    """The array in the ``.npy`` file ``path``, mapped read-only, and where its data starts in the file:
+    ``np.load(path, mmap_mode="r")`` in a fifth of its time (a header read and one ``mmap``).
+    ValueError if the file is not a whole ``.npy`` of a plain dtype; OSError if it cannot be read."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in readers:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        shape, fortran_order, dtype = readers[version](f)
+        offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError("an array of Python objects cannot be mapped")
+        nbytes = dtype.itemsize * math.prod(shape)
+        size = os.fstat(f.fileno()).st_size
+        if size < offset + nbytes:
+            raise ValueError(f"the file holds {size - offset} bytes of data, its header describes {nbytes}")
+        mm = mmap.mmap(f.fileno(), offset + nbytes, access=mmap.ACCESS_READ)
+    return np.ndarray(shape, dtype, buffer=mm, offset=offset, order="F" if fortran_order else "C"), offset
+
+
+def locate(arr: Any, files: Iterable[Mapped]) -> dict[str, Any] | None:
+    """A reference to ``arr`` if it is a view into one of the mapped ``files``."""
     if not isinstance(arr, np.ndarray) or arr.size == 0 or arr.dtype.hasobject:
         return None
     if any(s < 0 for s in arr.strides):
         return None
     low, high = _byte_bounds(arr)
-    for path, mm in files.items():
-        if mm is None:
-            continue
-        base = mm.__array_interface__["data"][0]
-        if base <= low and high <= base + mm.nbytes:
-            return {"file": str(Path(path).relative_to(root)), "offset": int(mm.offset + arr.__array_interface__["data"][0] - base),
+    for m in files:
+        if m.start <= low and high <= m.end:
+            return {"file": m.file, "offset": m.offset + arr.__array_interface__["data"][0] - m.start,
                     "shape": list(arr.shape), "strides": list(arr.strides), "dtype": arr.dtype.str}
     return None
 

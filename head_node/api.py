@@ -37,12 +37,13 @@ class Held:
     answer: Callable[[Job], protocol.Message]
 
 
-def _open_uploads(uploads: dict[str, Path]) -> dict[str, np.ndarray]:
-    """The uploaded arrays, memory-mapped for validation (nothing is read but the header)."""
+def _open_uploads(uploads: dict[str, Path]) -> dict[str, tuple[np.ndarray, int]]:
+    """The uploaded arrays, memory-mapped for validation (nothing is read but the header), with where
+    their data starts in the file."""
     arrays = {}
     for name, path in uploads.items():
         try:
-            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+            arrays[name] = localdata.map_npy(path)
         except (OSError, ValueError) as e:
             raise ValidationError(f"uploaded array {name!r} is not a readable .npy file: {e}") from None
     return arrays
@@ -152,7 +153,7 @@ class ClientApi:
         if bad:
             raise ValidationError(f"array names must be letters, digits, '_' or '-' (1-64 characters): {bad}")
         uploaded = _open_uploads(uploads)
-        params = task.validate(msg.params, {**msg.arrays, **uploaded})
+        params = task.validate(msg.params, {**msg.arrays, **{name: arr for name, (arr, _) in uploaded.items()}})
         head.serve_heartbeats()  # a large job's steps each take tens of ms: heartbeats do not wait for all
         count = task.shard_count(params)
         if count is not None and count > head.config.max_shards_per_job:

@@ -27,8 +27,7 @@ class JobFiles:
     def __init__(self, root: Path):
         self.root = root  # DATA_DIR/jobs/JOB_ID
         self.data_root = root.parents[1]
-        self._inputs: dict[str, np.ndarray] = {}
-        self._outputs: dict[str, np.ndarray] = {}
+        self._maps: dict[tuple[str, str], localdata.Mapped | None] = {}  # ("in" or "out", name): open; None: no file
 
     def _path(self, kind: str, name: str) -> Path:
         if not SAFE_ARRAY_NAME.match(name):
@@ -44,22 +43,30 @@ class JobFiles:
                 np.save(f, arr, allow_pickle=False)
             tmp.replace(path)
 
-    def adopt_inputs(self, files: dict[str, Path], opened: dict[str, np.ndarray]) -> None:
+    def _keep(self, kind: str, name: str, arr: np.ndarray, offset: int) -> np.ndarray:
+        self._maps[kind, name] = localdata.Mapped.of(arr, offset, self._path(kind, name).relative_to(self.data_root))
+        return arr
+
+    def adopt_inputs(self, files: dict[str, Path], opened: dict[str, tuple[np.ndarray, int]]) -> None:
         """Take ``.npy`` files a client on this machine wrote (common/localdata.py) as inputs, by renaming;
-        ``opened`` are their memory maps, which stay valid across the rename and become the inputs'."""
+        ``opened`` are their memory maps (``localdata.map_npy``), which stay valid across the rename and
+        become the inputs'."""
         self.root.mkdir(parents=True, exist_ok=True)
         for name, path in files.items():
             os.replace(path, self._path("in", name))
-            self._inputs[name] = opened[name]
+            self._keep("in", name, *opened[name])
 
     def input(self, name: str) -> np.ndarray:
-        if name not in self._inputs:
+        if ("in", name) not in self._maps:
             path = self._path("in", name)
-            self._inputs[name] = np.load(path, mmap_mode="r", allow_pickle=False) if path.exists() else None
-        arr = self._inputs[name]
-        if arr is None:
+            if not path.exists():
+                self._maps["in", name] = None
+            else:
+                self._keep("in", name, *localdata.map_npy(path))
+        mapped = self._maps["in", name]
+        if mapped is None:
             raise KeyError(name)
-        return arr
+        return mapped.array
 
     def input_names(self) -> list[str]:
         return sorted(p.name[3:-4] for p in self.root.glob("in-*.npy"))
@@ -67,13 +74,14 @@ class JobFiles:
     def allocate(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         self.root.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(self._path("out", name), mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
-        self._outputs[name] = out
-        return out
+        return self._keep("out", name, out, out.offset)
 
     def output(self, name: str) -> np.ndarray:
-        if name not in self._outputs:
-            self._outputs[name] = np.load(self._path("out", name), mmap_mode="r+", allow_pickle=False)
-        return self._outputs[name]
+        mapped = self._maps.get(("out", name))
+        if mapped is None:
+            out = np.load(self._path("out", name), mmap_mode="r+", allow_pickle=False)
+            return self._keep("out", name, out, out.offset)
+        return mapped.array
 
     def output_names(self) -> list[str]:
         return sorted(p.name[4:-4] for p in self.root.glob("out-*.npy"))
@@ -82,28 +90,25 @@ class JobFiles:
         """References (common/localdata.py) to those of ``arrays`` that are views into this job's files."""
         if not arrays:
             return {}
-        maps = {**{str(self._path("in", n)): a for n, a in self._inputs.items()},
-                **{str(self._path("out", n)): a for n, a in self._outputs.items()}}
-        refs = {name: localdata.locate(arr, maps, self.data_root) for name, arr in arrays.items()}
+        maps = [m for m in self._maps.values() if m is not None]
+        refs = {name: localdata.locate(arr, maps) for name, arr in arrays.items()}
         return {name: ref for name, ref in refs.items() if ref is not None}
 
     def output_paths(self) -> list[Path]:
         return sorted(self.root.glob("out-*.npy"))
 
     def flush(self) -> None:
-        for arr in self._outputs.values():
-            if isinstance(arr, np.memmap):
-                arr.flush()
+        for (kind, _), mapped in self._maps.items():
+            if kind == "out" and isinstance(mapped.array, np.memmap):
+                mapped.array.flush()
 
     def release(self, flush: bool = True) -> None:
         """Drop open maps (files stay) so a finished job costs no address space; without ``flush`` their
         dirty pages stay in the page cache for the group commit's fsync (head_node/commit.py)."""
         if flush:
             self.flush()
-        self._inputs.clear()
-        self._outputs.clear()
+        self._maps.clear()
 
     def delete(self) -> None:
-        self._inputs.clear()
-        self._outputs.clear()
+        self._maps.clear()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -258,3 +258,45 @@ def test_uploads_never_submitted_are_cleaned_once_old(tmp_path):
     os.utime(tmp_path / localdata.UPLOADS / old, (0, 0))
     assert localdata.clean_uploads(tmp_path) == 1
     assert os.listdir(tmp_path / localdata.UPLOADS) == [new]
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(12, dtype=np.float32).reshape(3, 4), np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    np.array(5, dtype=np.int64), np.zeros((0, 3), np.uint8), np.ones((2, 2), dtype=">f8"),
+])
+def test_map_npy_reads_what_np_load_reads(tmp_path, arr):
+    path = tmp_path / "x.npy"
+    np.save(path, arr)
+    got, offset = localdata.map_npy(path)
+    expected = np.load(path, mmap_mode="r") if arr.size else np.load(path)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == expected.dtype and got.flags.f_contiguous == expected.flags.f_contiguous
+    assert not got.flags.writeable
+    assert path.read_bytes()[offset:] == expected.tobytes(order="A")  # where the data starts in the file
+
+
+def test_map_npy_reads_a_version_2_header(tmp_path):
+    arr = np.arange(6, dtype=np.int16)
+    path = tmp_path / "v2.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, arr, version=(2, 0))
+    np.testing.assert_array_equal(localdata.map_npy(path)[0], arr)
+
+
+@pytest.mark.parametrize("content, error", [
+    (b"not numpy at all", "magic"),
+    (b"", "magic|EOF"),
+    (None, "holds 40 bytes of data, its header describes 48"),  # cut short
+    ("object", "Python objects"),
+])
+def test_map_npy_refuses_what_is_not_a_whole_plain_npy(tmp_path, content, error):
+    path = tmp_path / "bad.npy"
+    if content is None:
+        np.save(path, np.arange(6, dtype=np.float64))
+        path.write_bytes(path.read_bytes()[:-8])
+    elif content == "object":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=error):
+        localdata.map_npy(path)
