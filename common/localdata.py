@@ -211,23 +211,27 @@ class LocalFiles:
     def array(self, ref: dict[str, Any], mode: str = "r") -> np.ndarray:
         """The referenced region; ``mode`` "r" (read), "r+" (write through) or "c" (private copy on write).
 
-        To read, only the pages the region spans are mapped, and, when the region fills them, with
-        ``MAP_POPULATE`` where there is one: the kernel maps them from the page cache in one pass instead
-        of a fault at a time (a 1024² float32 shard's inputs: about 1 ms of its 14)."""
+        To read or copy, only the pages the region spans are mapped. To read, when the region fills them,
+        with ``MAP_POPULATE`` where there is one: the kernel maps them from the page cache in one pass
+        instead of a fault at a time (a 1024² float32 shard's inputs: about 1 ms of its 14)."""
         r = self._region(ref, writing=mode == "r+")
-        if mode == "r" and all(r.shape) and os.name != "nt":
-            start = r.offset - r.offset % mmap.ALLOCATIONGRANULARITY
-            # populate only a region that fills its pages (rows, not a column block: that would map, and
-            # count in this process's memory, every page of the rows it crosses, not just those it reads)
-            dense = 10 * r.dtype.itemsize * math.prod(r.shape) >= 9 * (r.end - start)
-            with open(r.path, "rb") as f:
+        if mode == "r+" or not all(r.shape):
+            mm = np.memmap(r.path, dtype=np.uint8, mode=mode)
+            return np.ndarray(r.shape, dtype=r.dtype, buffer=mm, offset=r.offset, strides=r.strides)
+        start = r.offset - r.offset % mmap.ALLOCATIONGRANULARITY
+        with open(r.path, "rb") as f:
+            if mode == "r" and os.name != "nt":
+                # populate only a region that fills its pages (rows, not a column block: that would map, and
+                # count in this process's memory, every page of the rows it crosses, not just those it reads)
+                dense = 10 * r.dtype.itemsize * math.prod(r.shape) >= 9 * (r.end - start)
                 mm = mmap.mmap(f.fileno(), r.end - start, flags=mmap.MAP_SHARED | (_POPULATE if dense else 0),
                                prot=mmap.PROT_READ, offset=start)
-            arr = np.ndarray(r.shape, dtype=r.dtype, buffer=mm, offset=r.offset - start, strides=r.strides)
-            arr.flags.writeable = False
-            return arr
-        mm = np.memmap(r.path, dtype=np.uint8, mode=mode)
-        return np.ndarray(r.shape, dtype=r.dtype, buffer=mm, offset=r.offset, strides=r.strides)
+            else:  # (a private writable mapping is not populated: that would copy every page)
+                mm = mmap.mmap(f.fileno(), r.end - start, access=mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_COPY,
+                               offset=start)
+        arr = np.ndarray(r.shape, dtype=r.dtype, buffer=mm, offset=r.offset - start, strides=r.strides)
+        arr.flags.writeable = mode == "c"
+        return arr
 
     def write(self, ref: dict[str, Any], arr: np.ndarray) -> bool:
         """``arr`` into the referenced region with ``pwrite`` if the region is one contiguous run of bytes (a

@@ -105,6 +105,17 @@ def test_a_copy_on_write_map_leaves_the_file_alone(files, tmp_path):
     assert job.output("c").sum() == 0
 
 
+@pytest.mark.parametrize("block", [np.s_[2:4, 1:3], np.s_[3:], np.s_[:, 2]])
+def test_a_copy_on_write_map_of_a_block_reads_the_block(files, tmp_path, block):
+    job, _ = files
+    out = job.output("c")
+    out[...] = np.arange(out.size, dtype=out.dtype).reshape(out.shape)
+    mine = localdata.LocalFiles(tmp_path, "t").array(job.locate({"c": out[block]})["c"], mode="c")
+    np.testing.assert_array_equal(mine, out[block])
+    mine += 1  # the copy changes, the file does not
+    np.testing.assert_array_equal(mine, out[block] + 1)
+
+
 def test_arrays_outside_the_files_have_no_reference(files):
     job, a = files
     refs = job.locate({"copy": a.copy(), "reversed": job.input("a")[::-1], "empty": job.input("a")[:0],
