@@ -143,7 +143,7 @@ class Mapped:
 
 def map_npy(path: Path) -> tuple[np.ndarray, int]:
     """The array in the ``.npy`` file ``path``, mapped read-only, and where its data starts in the file:
-    ``np.load(path, mmap_mode="r")`` in a fifth of its time (a header read and one ``mmap``).
+    what ``np.load(path, mmap_mode="r")`` gives in under half its time (a header read and one ``mmap``).
     ValueError if the file is not a whole ``.npy`` of a plain dtype; OSError if it cannot be read."""
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     with open(path, "rb") as f:
@@ -154,6 +154,8 @@ def map_npy(path: Path) -> tuple[np.ndarray, int]:
         offset = f.tell()
         if dtype.hasobject:
             raise ValueError("an array of Python objects cannot be mapped")
+        if any(n < 0 for n in shape):
+            raise ValueError(f"the header's shape {shape} has a negative length")
         nbytes = dtype.itemsize * math.prod(shape)
         size = os.fstat(f.fileno()).st_size
         if size < offset + nbytes:

@@ -299,6 +299,7 @@ def test_map_npy_reads_a_version_2_header(tmp_path):
     (b"", "magic|EOF"),
     (None, "holds 40 bytes of data, its header describes 48"),  # cut short
     ("object", "Python objects"),
+    ("negative", "negative length"),
 ])
 def test_map_npy_refuses_what_is_not_a_whole_plain_npy(tmp_path, content, error):
     path = tmp_path / "bad.npy"
@@ -307,6 +308,10 @@ def test_map_npy_refuses_what_is_not_a_whole_plain_npy(tmp_path, content, error)
         path.write_bytes(path.read_bytes()[:-8])
     elif content == "object":
         np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif content == "negative":
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (-1, 4)})
+            f.write(bytes(64))
     else:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=error):
