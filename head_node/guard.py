@@ -3,6 +3,8 @@
 - Socket monitors count peers that fail the CURVE handshake (no CURVE, a key ZAP refuses). A peer
   that hangs up before its handshake is through (a port scan, a load balancer's TCP health check, a
   client stopped while connecting) offered no credential, so it is counted apart and not as a failure.
+  libzmq reports a peer without CURVE that notices the mismatch before we do, and hangs up, the same
+  way: such a peer shows as abandoned handshakes (and may not try again).
 - The task XPUB applies a subscription only under the prefix derived from the subscriber's own
   CURVE key, so no provider can read shards sent to another.
 """
