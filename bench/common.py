@@ -77,6 +77,18 @@ def steal_s() -> float | None:
         return None
 
 
+class Steal:
+    """CPU the hypervisor takes from this machine, from the moment this is made."""
+
+    def __init__(self) -> None:
+        self.s0, self.t0 = steal_s(), time.monotonic()
+
+    def cores(self) -> float | None:
+        """Seconds taken per wall second so far (None where the kernel does not say)."""
+        now = steal_s()
+        return None if now is None or self.s0 is None else (now - self.s0) / (time.monotonic() - self.t0)
+
+
 def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "blas": blas_info(), "openblas_override_removed": os.environ.get("ZCOMPUTE_BENCH_BLAS_OVERRIDE_WAS")}

@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (RESULTS, best_of, clean_blas_env, machine, own_environ, print_table, save,  # noqa: E402
-                          steal_s, typical)
+from bench.common import (RESULTS, Steal, best_of, clean_blas_env, machine, own_environ, print_table,  # noqa: E402
+                          save, typical)
 
 
 #: at most this many times numpy with 2 BLAS threads (issue 9, target 1)
@@ -138,16 +138,15 @@ def interleaved(methods: dict[str, Callable[[], Any]], rounds: int, settle: floa
     for fn in methods.values():
         fn()
     names, times = list(methods), {name: [] for name in methods}
-    steal0, t0 = steal_s(), time.monotonic()
+    steal = Steal()
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             time.sleep(settle)
             start = time.perf_counter()
             methods[name]()
             times[name].append(time.perf_counter() - start)
-    steal1 = steal_s()
     out: dict[str, Any] = {name: typical(t) for name, t in times.items()}
-    out["steal_cores"] = None if steal0 is None or steal1 is None else (steal1 - steal0) / (time.monotonic() - t0)
+    out["steal_cores"] = steal.cores()
     return out
 
 

@@ -52,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, print_table, save, steal_s  # noqa: E402
+from bench.common import Steal, machine, print_table, save  # noqa: E402
 
 HEARTBEAT_P99_MS = 100.0
 IDLE_CPU_CORES = 0.5
@@ -184,12 +184,11 @@ class Window:
         self.cpu0, self.sim0 = head.cpu_s(), sims.cpu_s() if sims else 0.0
         self.wait0, self.gc0 = head.watches()
         self.wait_counts: dict[str, int] | None = None
-        self.steal0 = steal_s()
+        self.steal = Steal()
 
     def steal_cores(self) -> float | None:
         """CPU time the hypervisor took from this machine per wall second (Linux /proc/stat; None elsewhere)."""
-        now = steal_s()
-        return None if now is None or self.steal0 is None else (now - self.steal0) / self.seconds()
+        return self.steal.cores()
 
     def wait_p99_ms(self) -> float | None:
         """p99 of the head's busy time between turns at its heartbeat queue (a bucket's upper bound)."""

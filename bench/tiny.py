@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, clean_blas_env, machine, own_environ, print_table, save, steal_s  # noqa: E402
+from bench.common import RESULTS, Steal, clean_blas_env, machine, own_environ, print_table, save  # noqa: E402
 
 TARGET_PER_S = 5000
 
@@ -61,13 +61,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import statistics
 
     load = os.getloadavg()
-    steal0, start = steal_s(), time.monotonic()
+    steal = Steal()
     ours = statistics.median(zcompute_rate(args.shards, args.providers, args.repeat))
-    steal1 = steal_s()
+    steal_cores = steal.cores()
     row: dict[str, Any] = {"shards": args.shards, "providers": args.providers, "zcompute_per_s": ours,
                            "target_per_s": TARGET_PER_S, "vs_target": ours / TARGET_PER_S,
-                           "steal_cores": None if steal0 is None or steal1 is None
-                           else (steal1 - steal0) / (time.monotonic() - start)}
+                           "steal_cores": steal_cores}
     if not args.no_dask:
         theirs = statistics.median(dask_rate(args.shards, args.providers, args.repeat))
         row.update(dask_per_s=theirs, vs_dask=ours / theirs)

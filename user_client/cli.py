@@ -13,8 +13,8 @@ import numpy as np
 from common import cli_options as opt
 from common.config import HeadConfig
 from common.errors import ConfigError, JobCancelled, JobFailed, ZComputeError
-from common.tasks.noop import MAX_SLEEP
 from common.logs import setup_logging
+from common.tasks.noop import MAX_SLEEP
 from user_client.client import DEFAULT_HEAD, Client, JobHandle
 from user_client.cli_filemean import filemean_command
 from user_client.format import progress_bar, table
